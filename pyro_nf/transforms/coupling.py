@@ -1,0 +1,127 @@
+r"""Coupling layers: NICE, RealNVP, and any other elementwise transformer.
+
+Split the coordinates by a mask into an identity part ``A`` and a transformed part ``B``:
+
+.. math::
+    y_A = x_A,\qquad y_B = \tau(x_B;\ \theta(x_A)),\qquad
+    x_B = \tau^{-1}(y_B;\ \theta(y_A)),\qquad
+    \log|\det J| = \sum_{i\in B}\log|\partial\tau/\partial x_i|.
+
+Both directions cost one conditioner pass (Dinh et al., 2014, 2017).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..nn import MLP, check_coupling_mask, coupling_mask
+from .base import FlowTransform
+from .scalar import Affine, ScalarTransformer, Shift
+
+
+class Coupling(FlowTransform):
+    r"""Generic coupling layer: ``mask`` picks the transformed coordinates (``True``),
+    ``transformer`` is a :class:`~pyro_nf.transforms.scalar.ScalarTransformer` and
+    ``conditioner`` maps ``(..., |A|)`` to ``(..., |B| * transformer.params_per_dim)``
+    (by default a zero-initialised :class:`~pyro_nf.nn.MLP`, so the layer starts as the
+    identity).
+    """
+
+    def __init__(
+        self,
+        mask,
+        transformer: ScalarTransformer,
+        conditioner: nn.Module | None = None,
+        hidden_dims: Sequence[int] = (64, 64),
+        activation="relu",
+        cache_size: int = 1,
+    ):
+        mask = check_coupling_mask(mask, None, type(self).__name__)
+        super().__init__(mask.numel(), cache_size=cache_size)
+        self.register_buffer("identity_index", mask.logical_not().nonzero().flatten(), persistent=False)
+        self.register_buffer("transformed_index", mask.nonzero().flatten(), persistent=False)
+        order = torch.cat([self.identity_index, self.transformed_index])
+        self.register_buffer("merge_index", torch.argsort(order), persistent=False)
+        self.transformer = transformer
+        n_a, n_b = self.identity_index.numel(), self.transformed_index.numel()
+        if conditioner is None:
+            conditioner = MLP(n_a, n_b * transformer.params_per_dim, hidden_dims, activation=activation)
+        self.conditioner = conditioner
+
+    @property
+    def mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.input_dim, dtype=torch.bool, device=self.identity_index.device)
+        mask[self.transformed_index] = True
+        return mask
+
+    def _params(self, x_a):
+        n_b = self.transformed_index.numel()
+        params = self.conditioner(x_a)
+        return params.unflatten(-1, (n_b, self.transformer.params_per_dim))
+
+    def _split(self, v):
+        return v.index_select(-1, self.identity_index), v.index_select(-1, self.transformed_index)
+
+    def _merge(self, v_a, v_b):
+        return torch.cat([v_a, v_b], dim=-1).index_select(-1, self.merge_index)
+
+    def _forward_with_ladj(self, x):
+        x_a, x_b = self._split(x)
+        y_b, ladj = self.transformer(x_b, self._params(x_a))
+        return self._merge(x_a, y_b), ladj.sum(-1)
+
+    def _inverse_with_ladj(self, y):
+        y_a, y_b = self._split(y)
+        x_b, ladj = self.transformer.inverse(y_b, self._params(y_a))
+        return self._merge(y_a, x_b), ladj.sum(-1)
+
+    def extra_repr(self):
+        hidden = getattr(self.conditioner, "hidden_dims", None)
+        text = f"input_dim={self.input_dim}, transformed={self.transformed_index.tolist()}"
+        return text + (f", hidden_dims={hidden}" if hidden is not None else "")
+
+
+class AffineCoupling(Coupling):
+    r"""RealNVP affine coupling layer (Dinh, Sohl-Dickstein & Bengio, 2017).
+
+    .. math::
+        y_B = x_B \odot e^{s(x_A)} + t(x_A),\qquad x_B = (y_B - t(y_A)) \odot e^{-s(y_A)},
+        \qquad \log|\det J| = \sum_{i\in B} s_i(x_A),
+
+    with the log-scale soft-clamped as ``s = e^c tanh(r / e^c)`` (see
+    :class:`~pyro_nf.transforms.scalar.Affine`). ``mask=None`` transforms the second half.
+    """
+
+    def __init__(self, input_dim: int, hidden_dims=(64, 64), mask=None, scale_bound: float = 2.0,
+                 activation="relu", conditioner=None, cache_size: int = 1):
+        mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "AffineCoupling")
+        super().__init__(mask, Affine(int(mask.sum()), scale_bound), conditioner, hidden_dims, activation, cache_size)
+
+
+class AdditiveCoupling(Coupling):
+    r"""NICE additive coupling layer (Dinh, Krueger & Bengio, 2014): volume preserving.
+
+    .. math:: y_B = x_B + t(x_A),\qquad x_B = y_B - t(y_A),\qquad \log|\det J| = 0.
+
+    Combine with :class:`~pyro_nf.transforms.linear.AffineConstant` (NICE's diagonal scaling
+    layer) to change volume. ``mask=None`` transforms the second half.
+    """
+
+    def __init__(self, input_dim: int, hidden_dims=(64, 64), mask=None, activation="relu",
+                 conditioner=None, cache_size: int = 1):
+        mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "AdditiveCoupling")
+        super().__init__(mask, Shift(), conditioner, hidden_dims, activation, cache_size)
+
+
+def affine_coupling(input_dim: int, hidden_dims=(64, 64), flip: bool = False, **kwargs) -> AffineCoupling:
+    """Pyro-style factory: an :class:`AffineCoupling` transforming the second half
+    (the first half with ``flip=True``)."""
+    return AffineCoupling(input_dim, hidden_dims, mask=coupling_mask(input_dim, flip=flip), **kwargs)
+
+
+def additive_coupling(input_dim: int, hidden_dims=(64, 64), flip: bool = False, **kwargs) -> AdditiveCoupling:
+    """Pyro-style factory for :class:`AdditiveCoupling`."""
+    return AdditiveCoupling(input_dim, hidden_dims, mask=coupling_mask(input_dim, flip=flip), **kwargs)
