@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     fit.add_argument("--data", default="moons", choices=sorted(datasets.DATASETS))
     fit.add_argument("--flow", default="realnvp", choices=flows.names())
     fit.add_argument("--n", type=int, default=5000, help="number of data points (default 5000)")
-    fit.add_argument("--steps", type=int, default=3000)
+    fit.add_argument("--steps", type=int, default=2000)
     fit.add_argument("--batch-size", type=int, default=256)
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--device", default="cpu")

@@ -86,6 +86,7 @@ def fit_density(
     eval_every: int = 100,
     patience: int | None = None,
     clip_grad: float | None = 10.0,
+    schedule: str | None = "cosine",
     seed: int | None = None,
     progress: bool = True,
 ) -> History:
@@ -94,8 +95,10 @@ def fit_density(
 
     ``validation`` is a fraction of ``data`` held out, or a tensor of validation points; its
     NLL is measured every ``eval_every`` steps. With ``patience`` the fit stops after that many
-    evaluations without improvement and restores the best parameters. Data are moved to the
-    model's device and dtype. ``progress=False`` silences the progress bar.
+    evaluations without improvement and restores the best parameters. ``schedule="cosine"``
+    (default) decays the learning rate to zero over ``steps`` (``None``: constant). Gradients
+    are clipped to norm ``clip_grad``. Data are moved to the model's device and dtype.
+    ``progress=False`` silences the progress bar.
     """
     distribution = _as_distribution(model)
     modules = _modules(distribution)
@@ -107,6 +110,8 @@ def fit_density(
             raise ValueError(f"fit_density: {label} must be a positive int, got {value!r}")
     if not lr > 0:
         raise ValueError(f"fit_density: lr must be positive, got {lr!r}")
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"fit_density: schedule must be 'cosine' or None, got {schedule!r}")
     data = data.to(device=ref.device, dtype=ref.dtype)
     gen = torch.Generator()
     gen.manual_seed(seed) if seed is not None else gen.seed()
@@ -123,6 +128,7 @@ def fit_density(
         raise ValueError("fit_density: no training points left after the validation split")
 
     optimizer = torch.optim.Adam(modules.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
     history = History()
     best_state, bad_evals, window = None, 0, []
     modules.train()
@@ -142,6 +148,8 @@ def fit_density(
         if clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(modules.parameters(), clip_grad)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         window.append(loss.item())
         if step % eval_every == 0 or step == steps:
             history.steps.append(step)
