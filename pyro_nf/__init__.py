@@ -4,9 +4,21 @@ Layers are ``pyro.distributions.TransformModule`` subclasses whose forward is th
 direction; named architectures come from :func:`pyro_nf.flows.build`.
 """
 
-from . import flows, nn, transforms
+from . import datasets, flows, infer, nn, targets, transforms
 from .flows import Flow, build, names, transformed
 
 __version__ = "0.1.0"
 
-__all__ = ["Flow", "build", "flows", "names", "nn", "transformed", "transforms", "__version__"]
+__all__ = [
+    "Flow",
+    "build",
+    "datasets",
+    "flows",
+    "infer",
+    "names",
+    "nn",
+    "targets",
+    "transformed",
+    "transforms",
+    "__version__",
+]

@@ -18,11 +18,17 @@ from .nn import COUPLING_MASKS, check_hidden_dims, coupling_mask
 from .transforms import (
     ActNorm,
     AdditiveCoupling,
+    AffineAutoregressive,
     AffineConstant,
     AffineCoupling,
     BatchNorm,
     InvertibleLinear,
+    Planar,
+    Radial,
+    SplineAutoregressive,
+    SplineCoupling,
 )
+from .transforms.autoregressive import default_hidden_dims
 
 
 class Flow(ComposeTransformModule):
@@ -116,7 +122,7 @@ def build(name: str, dim: int, **opts) -> Flow:
         n = merged["num_layers"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{name}: num_layers must be a positive int, got {n!r}")
-    if "hidden_dims" in merged:
+    if merged.get("hidden_dims") is not None:
         merged["hidden_dims"] = check_hidden_dims(merged["hidden_dims"], name)
     return Flow(arch.builder(dim, **merged), dim=dim, name=name)
 
@@ -162,6 +168,53 @@ def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="
                            activation=activation),
         ]
     return layers
+
+
+def _alternating_order(dim: int, i: int) -> torch.Tensor:
+    """Natural order on even layers, reversed on odd ones (MAF's choice)."""
+    order = torch.arange(dim)
+    return order.flip(0) if i % 2 == 1 else order
+
+
+@register("maf", "MAF: affine autoregressive layers, density in one pass (Papamakarios et al., 2017)")
+def _maf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu"):
+    hidden_dims = hidden_dims or default_hidden_dims(dim)
+    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "maf", scale_bound, activation)
+            for i in range(num_layers)]
+
+
+@register("iaf", "IAF: affine autoregressive layers, sampling in one pass (Kingma et al., 2016)")
+def _iaf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu"):
+    hidden_dims = hidden_dims or default_hidden_dims(dim)
+    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "iaf", scale_bound, activation)
+            for i in range(num_layers)]
+
+
+@register("nsf_coupling", "Neural spline flow, coupling: rational-quadratic spline couplings (Durkan et al., 2019)",
+          min_dim=2)
+def _nsf_coupling(dim, num_layers=4, hidden_dims=(64, 64), count_bins=8, bound=3.0, mask="half",
+                  activation="relu"):
+    _check_mask_kind("nsf_coupling", mask)
+    return [SplineCoupling(dim, hidden_dims, count_bins, bound, coupling_mask(dim, mask, flip=i % 2 == 1),
+                           activation=activation) for i in range(num_layers)]
+
+
+@register("nsf_autoregressive", "Neural spline flow, autoregressive: RQ-spline MAF layers (Durkan et al., 2019)")
+def _nsf_autoregressive(dim, num_layers=3, hidden_dims=None, count_bins=8, bound=3.0, direction="maf",
+                        activation="relu"):
+    hidden_dims = hidden_dims or default_hidden_dims(dim)
+    return [SplineAutoregressive(dim, hidden_dims, count_bins, bound, _alternating_order(dim, i), direction,
+                                 activation) for i in range(num_layers)]
+
+
+@register("planar", "Planar flow, invertible with a numerical inverse (Rezende & Mohamed, 2015)")
+def _planar(dim, num_layers=16):
+    return [Planar(dim) for _ in range(num_layers)]
+
+
+@register("radial", "Radial flow, invertible with a closed-form inverse (Rezende & Mohamed, 2015)")
+def _radial(dim, num_layers=16):
+    return [Radial(dim) for _ in range(num_layers)]
 
 
 __all__ = ["Flow", "build", "names", "options", "register", "transformed"]

@@ -16,14 +16,22 @@ from pyro_nf.transforms import (
     ActNorm,
     AdditiveCoupling,
     Affine,
+    AffineAutoregressive,
     AffineConstant,
     AffineCoupling,
+    Autoregressive,
     BatchNorm,
     Coupling,
     InvertibleLinear,
     LeakyReLU,
     Permutation,
+    Planar,
     PReLU,
+    Radial,
+    Shift,
+    Spline,
+    SplineAutoregressive,
+    SplineCoupling,
     reverse,
 )
 
@@ -54,6 +62,15 @@ def _layer_cases() -> list[Case]:
         Case("BatchNorm", lambda d: BatchNorm(d)),
         Case("LeakyReLU", lambda d: LeakyReLU(d, 0.3)),
         Case("PReLU", lambda d: PReLU(d)),
+        Case("AffineAutoregressive-maf", lambda d: AffineAutoregressive(d, HIDDEN, order=torch.arange(d).flip(0))),
+        Case("AffineAutoregressive-iaf", lambda d: AffineAutoregressive(d, HIDDEN, direction="iaf")),
+        Case("Autoregressive-shift-iaf", lambda d: Autoregressive(d, Shift(), HIDDEN, direction="iaf")),
+        Case("SplineAutoregressive-maf", lambda d: SplineAutoregressive(d, HIDDEN, count_bins=4, bound=2.0)),
+        Case("SplineAutoregressive-iaf", lambda d: SplineAutoregressive(d, HIDDEN, count_bins=4, direction="iaf")),
+        Case("SplineCoupling", lambda d: SplineCoupling(d, HIDDEN, count_bins=5, bound=2.0), min_dim=2),
+        Case("Spline", lambda d: Spline(d, count_bins=6, bound=2.0)),
+        Case("Planar", lambda d: Planar(d)),
+        Case("Radial", lambda d: Radial(d)),
     ]
 
 
@@ -61,7 +78,8 @@ def _architecture_cases() -> list[Case]:
     cases = []
     for name in nf.flows.names():
         min_dim = nf.flows._get(name).min_dim
-        opts = {k: v for k, v in (("num_layers", 2), ("hidden_dims", HIDDEN)) if k in nf.flows.options(name)}
+        small = (("num_layers", 2), ("hidden_dims", HIDDEN), ("count_bins", 4))
+        opts = {k: v for k, v in small if k in nf.flows.options(name)}
         cases.append(Case(f"flow:{name}", lambda d, name=name, opts=opts: nf.flows.build(name, d, **opts), min_dim))
     return cases
 
@@ -71,11 +89,13 @@ CASES = {case.id: case for case in _layer_cases() + _architecture_cases()}
 
 @torch.no_grad()
 def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter away from its (often identity) initialisation, so the properties
-    are tested on a non-trivial map, and give data-dependent layers a set state."""
+    """Move the parameters that start at zero (the identity initialisation of most layers) to
+    random values, so the properties are tested on a non-trivial map, and give data-dependent
+    layers a set state. Randomly initialised parameters are left as they are."""
     gen = torch.Generator().manual_seed(seed)
     for p in module.parameters():
-        p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+        if not p.any():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
     for m in module.modules():
         if isinstance(m, ActNorm):
             m.initialized.fill_(True)

@@ -1,18 +1,29 @@
 """Bijective layers of pyro_nf, one family per module. Forward is the sampling direction."""
 
+from .autoregressive import (
+    AffineAutoregressive,
+    Autoregressive,
+    SplineAutoregressive,
+    affine_autoregressive,
+    spline_autoregressive,
+)
 from .base import FlowTransform
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, additive_coupling, affine_coupling
 from .elementwise import LeakyReLU, PReLU
 from .linear import AffineConstant, InvertibleLinear, Permutation, reverse
 from .normalization import ActNorm, BatchNorm
+from .planar import Planar, Radial
 from .scalar import Affine, ScalarTransformer, Shift
+from .spline import RationalQuadraticSpline, Spline, SplineCoupling, spline_coupling
 
 __all__ = [
     "ActNorm",
     "AdditiveCoupling",
     "Affine",
+    "AffineAutoregressive",
     "AffineConstant",
     "AffineCoupling",
+    "Autoregressive",
     "BatchNorm",
     "Coupling",
     "FlowTransform",
@@ -20,9 +31,18 @@ __all__ = [
     "LeakyReLU",
     "PReLU",
     "Permutation",
+    "Planar",
+    "Radial",
+    "RationalQuadraticSpline",
     "ScalarTransformer",
     "Shift",
+    "Spline",
+    "SplineAutoregressive",
+    "SplineCoupling",
     "additive_coupling",
+    "affine_autoregressive",
     "affine_coupling",
     "reverse",
+    "spline_autoregressive",
+    "spline_coupling",
 ]
