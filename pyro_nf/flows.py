@@ -7,14 +7,18 @@ Every architecture returns a :class:`Flow`, a ``ComposeTransformModule`` ready f
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
+from torch.distributions import constraints
 
 from .nn import COUPLING_MASKS, check_hidden_dims, coupling_mask
+from .stochastic import AnnealedEnergy, Langevin, Metropolis
+from .surjections import Abs, Augment
 from .transforms import (
     ActNorm,
     AdditiveCoupling,
@@ -29,14 +33,41 @@ from .transforms import (
     SplineCoupling,
 )
 from .transforms.autoregressive import default_hidden_dims
+from .transforms.elementwise import Softplus
+
+
+def is_positive(constraint) -> bool:
+    """Whether a constraint restricts values to (a product of) the positive half-line."""
+    while isinstance(constraint, constraints.independent):
+        constraint = constraint.base_constraint
+    bound = getattr(constraint, "lower_bound", None)
+    return isinstance(constraint, (constraints.greater_than, constraints.greater_than_eq)) and bound is not None \
+        and float(bound) >= 0
 
 
 class Flow(ComposeTransformModule):
-    """A chain of layers, sampling direction first to last. Prints as a chain, one layer a line."""
+    """A chain of layers, sampling direction first to last. Prints as a chain, one layer a line.
+
+    Composition is checked: a layer whose input must be positive (such as
+    :class:`~pyro_nf.surjections.Abs`) must follow a layer whose output is positive (such as
+    :class:`~pyro_nf.transforms.Softplus`), or the model would not integrate to one.
+    """
 
     def __init__(self, parts, dim: int | None = None, name: str | None = None):
-        super().__init__(list(parts))
-        self.dim = dim if dim is not None else getattr(self.parts[0], "input_dim", None)
+        parts = list(parts)
+        for i, part in enumerate(parts[1:], 1):
+            if is_positive(part.domain) and not is_positive(parts[i - 1].codomain):
+                raise ValueError(
+                    f"Flow: {type(part).__name__} (layer {i}) needs positive inputs but {type(parts[i - 1]).__name__} "
+                    "(layer {}) can output any real value, so the model would integrate to less than one; "
+                    "put a layer onto the positive orthant before it (e.g. pyro_nf.transforms.Softplus)".format(i - 1)
+                )
+        super().__init__(parts)
+        if dim is None:
+            dim = getattr(self.parts[0], "domain_dim", None)
+            if dim is not None:
+                dim = self.forward_shape(torch.Size([dim]))[-1]
+        self.dim = dim
         self.name = name
 
     def base_dim(self) -> int:
@@ -54,13 +85,37 @@ class Flow(ComposeTransformModule):
 def transformed(flow, base: dist.Distribution | None = None) -> dist.TransformedDistribution:
     """``TransformedDistribution(base, flow)``; the default base is a standard normal of the
     flow's base size, on the device and dtype of the flow's parameters."""
+    first = flow.parts[0] if isinstance(flow, ComposeTransformModule) and flow.parts else flow
+    if base is None and is_positive(first.domain):
+        raise ValueError(
+            f"transformed: the flow starts with {type(first).__name__}, whose input must be positive, but the "
+            "default standard normal base is not: the model would integrate to 1/2^D. Start the flow with a "
+            "layer onto the positive orthant (e.g. pyro_nf.transforms.Softplus) or pass a positive base"
+        )
+    if base is not None and is_positive(first.domain) and not is_positive(base.support):
+        raise ValueError(f"transformed: {type(first).__name__} needs a base on the positive orthant, "
+                         f"got support {base.support}")
     if base is None:
         ref = next(iter(flow.parameters()), None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
-        size = flow.base_dim() if isinstance(flow, Flow) else flow.input_dim
+        size = flow.base_dim() if isinstance(flow, Flow) else getattr(flow, "domain_dim", flow.input_dim)
         zeros = torch.zeros(size, device=device, dtype=dtype)
         base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
     return dist.TransformedDistribution(base, flow)
+
+
+@torch.no_grad()
+def log_prob_estimate(model, x: torch.Tensor, num_samples: int = 16) -> torch.Tensor:
+    """``log p(x)`` estimated as ``log mean_k exp(log_prob_k(x))`` over ``num_samples`` random
+    paths drawn in one batched call. For bijective flows every path gives the exact value;
+    with :class:`~pyro_nf.surjections.Augment` or stochastic layers each ``log_prob`` is a
+    one-path estimate whose exponential is unbiased for ``p(x)``, and more paths tighten the
+    lower bound. (Scoring the same tensor twice would reuse its cached path, hence the batch.)
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"log_prob_estimate: num_samples must be a positive int, got {num_samples!r}")
+    paths = model.log_prob(x.expand(num_samples, *x.shape).clone())
+    return torch.logsumexp(paths, dim=0) - math.log(num_samples)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -217,4 +272,31 @@ def _radial(dim, num_layers=16):
     return [Radial(dim) for _ in range(num_layers)]
 
 
-__all__ = ["Flow", "build", "names", "options", "register", "transformed"]
+@register("realnvp_abs", "RealNVP onto the positive orthant (Softplus), then the Abs surjection: for data "
+                        "symmetric about 0 (Nielsen et al., 2020)", min_dim=2)
+def _realnvp_abs(dim, num_layers=6, hidden_dims=(64, 64), learn_signs=False):
+    return [*_realnvp(dim, num_layers, hidden_dims), Softplus(dim), Abs(dim, learn_signs=learn_signs)]
+
+
+@register("augmented_realnvp", "RealNVP on [x, e], e ~ q(e|x) from Augment: extra dimensions for the flow "
+                              "(Huang et al., 2020)")
+def _augmented_realnvp(dim, num_layers=8, hidden_dims=(64, 64), augment_dim=2, learned=True):
+    return [*_realnvp(dim + augment_dim, num_layers, hidden_dims), Augment(dim, augment_dim, learned=learned)]
+
+
+@register("snf", "Stochastic normalizing flow: RealNVP blocks interleaved with Metropolis or Langevin layers on "
+                 "energies annealed from N(0, I) to `energy` (Wu et al., 2020)", min_dim=2)
+def _snf(dim, num_layers=4, hidden_dims=(64, 64), energy=None, kernel="metropolis", n_steps=5, step_size=0.2):
+    kernels = {"metropolis": Metropolis, "langevin": Langevin}
+    if kernel not in kernels:
+        raise ValueError(f"snf: kernel must be one of {sorted(kernels)}, got {kernel!r}")
+    layers = []
+    for i in range(num_layers):
+        layers += _realnvp(dim, 2, hidden_dims)
+        beta = (i + 1) / num_layers
+        target = energy if energy is not None else (lambda x: 0.5 * (x * x).sum(-1))
+        layers.append(kernels[kernel](dim, AnnealedEnergy(target, beta), n_steps=n_steps, step_size=step_size))
+    return layers
+
+
+__all__ = ["Flow", "build", "is_positive", "log_prob_estimate", "names", "options", "register", "transformed"]

@@ -1,17 +1,36 @@
-"""Fitting flows: maximum likelihood on data (``fit_density``)."""
+"""Fitting flows and judging the fit.
+
+- ``fit_density``: maximum likelihood on data; ``nll`` the held-out negative log-likelihood.
+- ``fit_target``: reverse KL against an unnormalised target through Pyro SVI (the target is the model,
+  the flow the guide); ``reverse_kl``, ``importance_log_normalizer`` and ``effective_sample_size``
+  judge such a fit.
+- ``AutoFlow``: a Pyro autoguide whose posterior is any registered flow over the model's
+  unconstrained latent space.
+"""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
+import pyro
+import pyro.distributions as dist
 import torch
-from torch.distributions import TransformedDistribution
+from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import init_to_median
+from torch.distributions import TransformedDistribution, biject_to
 from tqdm.auto import tqdm
 
-from .flows import transformed
+from .flows import Flow, build, names, transformed
+from .flows import options as flow_options
+from .transforms import AffineConstant
 
 
 @dataclass
@@ -40,10 +59,10 @@ def _modules(distribution: TransformedDistribution) -> torch.nn.ModuleList:
     return torch.nn.ModuleList([t for t in distribution.transforms if isinstance(t, torch.nn.Module)])
 
 
-def _reference(modules):
+def _reference(modules, owner: str = "fit_density"):
     for p in modules.parameters():
         return p
-    raise ValueError("fit_density: the model has no trainable parameters")
+    raise ValueError(f"{owner}: the model has no trainable parameters")
 
 
 def check_data(data: torch.Tensor, dim: int, owner: str) -> None:
@@ -177,3 +196,412 @@ def fit_density(
     modules.eval()
     history.wall_time = time.perf_counter() - start
     return history
+
+
+# --------------------------------------------------------------------------- reverse KL through Pyro SVI
+@dataclass
+class TargetHistory:
+    """What :func:`fit_target` recorded, one entry per step: the loss (the negative ELBO estimate in nats,
+    ``E_q[log q(z) - beta log p~(z)]``) and the annealing factor ``beta``; the wall time in seconds.
+
+    At ``beta = 1`` the loss plus the target's ``log Z`` is the reverse KL ``KL(q || p)``; so the loss
+    cannot go below ``-log Z`` in expectation. ``param_prefix`` is the param-store prefix the fit used.
+    """
+
+    steps: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    beta: list = field(default_factory=list)
+    wall_time: float = 0.0
+    param_prefix: str = ""
+
+    def final_loss(self, window: int = 100) -> float:
+        """Mean loss of the last ``window`` steps (``nan`` before any step)."""
+        tail = self.loss[-window:]
+        return sum(tail) / len(tail) if tail else math.nan
+
+
+_PREFIXES = itertools.count()
+
+
+def _fresh_prefix(stem: str) -> str:
+    """A param-store module name that no entry of the current param store uses."""
+    keys = list(pyro.get_param_store().keys())
+    while True:
+        prefix = f"{stem}_{next(_PREFIXES)}"
+        if not any(k == prefix or k.startswith(prefix + "$$$") for k in keys):
+            return prefix
+
+
+def _drop_prefix(prefix: str) -> None:
+    store = pyro.get_param_store()
+    for key in [k for k in store.keys() if k.startswith(prefix + "$$$")]:
+        del store[key]
+
+
+def _check_positive_int(owner: str, **values) -> None:
+    for label, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}: {label} must be a positive int, got {value!r}")
+
+
+def _check_target(distribution, target, owner: str) -> None:
+    if not isinstance(target, torch.distributions.Distribution):
+        raise TypeError(f"{owner}: target must be a (Pyro) distribution with an unnormalised log_prob, "
+                        f"got {type(target).__name__}")
+    if tuple(target.event_shape) != tuple(distribution.event_shape):
+        raise ValueError(f"{owner}: the target's event shape {tuple(target.event_shape)} differs from the "
+                         f"flow's {tuple(distribution.event_shape)}")
+
+
+def fit_target(
+    model,
+    target,
+    *,
+    steps: int = 10000,
+    lr: float = 2e-2,
+    num_particles: int = 256,
+    annealing: tuple[float, int | float] | None = (0.2, 0.1),
+    schedule: str | None = "cosine",
+    clip_grad: float | None = 10.0,
+    seed: int | None = None,
+    progress: bool = True,
+) -> TargetHistory:
+    r"""Fit ``model`` (a flow, or a ``TransformedDistribution`` over one) to an unnormalised ``target``
+    by minimising the reverse KL divergence :math:`\mathrm{KL}(q \,\|\, p)` with Pyro SVI.
+
+    The target is the Pyro model, ``pyro.sample("z", target)`` (its ``log_prob`` is the unnormalised
+    :math:`\log \tilde p = -U`; any Pyro distribution with the flow's event shape will do); the flow is the
+    guide, ``pyro.module(prefix, flow)`` then ``pyro.sample("z", q)``. The loss is Pyro's
+    ``Trace_ELBO(num_particles, vectorize_particles=True)``: the mean over ``num_particles`` samples of
+    :math:`\log q(z) - \beta \log \tilde p(z)`, reparameterised, so its minimum over ``q`` is ``-log Z`` at
+    :math:`\beta = 1`, where the loss plus ``log Z`` is the reverse KL in nats.
+
+    ``annealing=(beta0, anneal_steps)`` multiplies :math:`\log \tilde p` at step ``t`` (counted from 0)
+    by :math:`\beta_t = \min(1, \beta_0 + t / \text{anneal_steps})` (Rezende & Mohamed, 2015, used
+    ``(0.01, 10000)``), through ``pyro.poutine.scale`` on the model's site; ``anneal_steps`` is a number
+    of steps (an int) or a fraction of ``steps`` (a float in (0, 1]). ``None`` fits at :math:`\beta = 1`
+    throughout. The default ``(0.2, 0.1)`` anneals from 0.2 over the first tenth of the steps: a short
+    warm start that keeps ``q`` broad while it finds the modes (without it a planar flow on ``U1`` can
+    settle on one of the two modes, a reverse KL near ``log 2``) and leaves most steps at
+    :math:`\beta = 1`. Starting much colder hurts the wide targets: from 0.01 the flow first spreads over
+    ``z1`` to widths near 40 (``U2``'s envelope is 4) and ends further from the target.
+
+    Optimiser: ``pyro.optim.ClippedAdam`` at learning rate ``lr``, every gradient element clamped to
+    ``[-clip_grad, clip_grad]`` (``None``: no clamping), the learning rate decayed to zero over ``steps``
+    on a cosine (``schedule="cosine"``, the default) or kept constant (``None``). ``seed`` seeds Pyro's (global) RNGs
+    with ``pyro.set_rng_seed``. ``progress=False`` silences the progress bar. Samples live on the device
+    and in the dtype of the flow's parameters; the target's ``log_prob`` must follow its input there
+    (``pyro_nf.targets`` do).
+
+    **Param store.** The flow's parameters are registered under a fresh prefix (``fit_target_<n>``, one no
+    entry of the param store uses) for the length of the fit and removed from the store when it ends
+    (also after an error), so several fits in one process never clash, with each other or with the
+    user's own entries; the fitted values live in the flow itself. The prefix is in
+    ``history.param_prefix``.
+
+    **Default budget.** 10000 steps of 256 particles at ``lr=2e-2`` (cosine decay), annealing from 0.2 over
+    the first 1000: aimed at a planar flow of 32 layers reaching a reverse KL below 0.05 nats on ``U1`` and
+    ``U2`` and below 0.2 on ``U3`` / ``U4``. Measured (seed 0, float32, one CPU thread, about 22-27 ms a
+    step, so about 4 minutes a target): ``U1`` 0.016, ``U2`` 0.063, ``U3`` 0.072, ``U4`` 0.097 nats (at
+    ``lr=1e-2``: 0.004, 0.094, 0.133, 0.123). ``U2``, four periods of the sine inside two widths of its
+    envelope, stays a little above its aim at this budget (0.055 after 20000 steps at ``lr=1e-2``).
+
+    Returns a :class:`TargetHistory`.
+    """
+    distribution = _as_distribution(model)
+    if not isinstance(distribution, TorchDistributionMixin):  # a torch one: Pyro's ELBO needs score_parts
+        distribution = dist.TransformedDistribution(distribution.base_dist, distribution.transforms)
+    modules = _modules(distribution)
+    _reference(modules, "fit_target")
+    _check_target(distribution, target, "fit_target")
+    _check_positive_int("fit_target", steps=steps, num_particles=num_particles)
+    if not lr > 0:
+        raise ValueError(f"fit_target: lr must be positive, got {lr!r}")
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"fit_target: schedule must be 'cosine' or None, got {schedule!r}")
+    if clip_grad is not None and not clip_grad > 0:
+        raise ValueError(f"fit_target: clip_grad must be positive or None, got {clip_grad!r}")
+    if annealing is not None:
+        try:
+            beta0, anneal_steps = annealing
+        except (TypeError, ValueError):
+            raise ValueError(f"fit_target: annealing must be None or (start_beta, anneal_steps), "
+                             f"got {annealing!r}") from None
+        if not 0 < beta0 <= 1:
+            raise ValueError(f"fit_target: the annealing start beta must lie in (0, 1], got {beta0!r}")
+        if isinstance(anneal_steps, float) and 0 < anneal_steps <= 1:
+            anneal_steps = max(1, round(anneal_steps * steps))
+        if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 1:
+            raise ValueError(f"fit_target: anneal_steps must be a positive int or a fraction of steps in (0, 1], "
+                             f"got {anneal_steps!r}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+
+    state = {"beta": 1.0}
+
+    def target_model():
+        with poutine.scale(scale=state["beta"]):
+            pyro.sample("z", target)
+
+    prefix = _fresh_prefix("fit_target")
+
+    def flow_guide():
+        pyro.module(prefix, modules)
+        pyro.sample("z", distribution)
+
+    optim = pyro.optim.ClippedAdam({"lr": lr, "clip_norm": math.inf if clip_grad is None else float(clip_grad)})
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=0)
+    svi = SVI(target_model, flow_guide, optim, elbo)
+    history = TargetHistory(param_prefix=prefix)
+    modules.train()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), disable=not progress, desc=f"fit_target {getattr(target, 'name', '')}".rstrip())
+    report = max(10, steps // 100)
+    try:
+        for t in bar:
+            beta = 1.0 if annealing is None else min(1.0, beta0 + t / anneal_steps)
+            state["beta"] = beta
+            if schedule == "cosine":
+                rate = 0.5 * lr * (1.0 + math.cos(math.pi * t / steps))
+                for opt in optim.optim_objs.values():
+                    for group in opt.param_groups:
+                        group["lr"] = rate
+            loss = svi.step()
+            if not math.isfinite(loss):
+                raise RuntimeError(f"fit_target: the loss became {loss} at step {t + 1}; try a smaller lr "
+                                   f"(now {lr}) or clip_grad")
+            history.steps.append(t + 1)
+            history.loss.append(loss)
+            history.beta.append(beta)
+            if (t + 1) % report == 0:
+                bar.set_postfix({"loss": f"{history.final_loss(report):.3f}", "beta": f"{beta:.2f}"}, refresh=False)
+    finally:
+        bar.close()
+        _drop_prefix(prefix)
+        modules.eval()
+        history.wall_time = time.perf_counter() - start
+    return history
+
+
+# --------------------------------------------------------------------------- diagnostics
+def _log_normalizer_of(target, log_normalizer):
+    if log_normalizer is not None:
+        return float(log_normalizer)
+    exact = getattr(target, "exact_log_normalizer", None)
+    value = exact() if callable(exact) else None
+    if value is None:
+        quadrature = getattr(target, "log_normalizer", None)
+        value = quadrature() if callable(quadrature) else 0.0  # a plain Pyro distribution is normalised
+    return float(value)
+
+
+@torch.no_grad()
+def _log_weights(model, target, num_samples: int, batch_size: int, owner: str):
+    """The importance log-weights ``log p~(x) - log q(x)`` of ``num_samples`` draws ``x ~ q``, float64,
+    on the model's device."""
+    distribution = _as_distribution(model)
+    _check_target(distribution, target, owner)
+    _check_positive_int(owner, num_samples=num_samples, batch_size=batch_size)
+    modules = _modules(distribution)
+    was_training = modules.training
+    modules.eval()
+    parts = []
+    try:
+        remaining = num_samples
+        while remaining > 0:
+            n = min(batch_size, remaining)
+            x = distribution.rsample((n,)) if distribution.has_rsample else distribution.sample((n,))
+            log_q = distribution.log_prob(x)
+            parts.append((target.log_prob(x) - log_q).to(torch.float64))
+            remaining -= n
+    finally:
+        modules.train(was_training)
+    log_w = torch.cat(parts)
+    if torch.isnan(log_w).any():
+        raise ValueError(f"{owner}: the importance log-weights have NaN values "
+                         f"({int(torch.isnan(log_w).sum())} of {num_samples})")
+    return log_w
+
+
+def reverse_kl(model, target, num_samples: int = 20000, log_normalizer: float | None = None,
+               batch_size: int = 8192) -> float:
+    r"""Monte Carlo estimate of :math:`\mathrm{KL}(q \,\|\, p)` in nats, for the model ``q`` (a flow or a
+    ``TransformedDistribution``) and a ``target`` known up to its normaliser:
+    :math:`\mathbb{E}_q[\log q - \log \tilde p] + \log Z`, over ``num_samples`` draws from ``q`` (in
+    batches of ``batch_size``, without gradients, on the model's device and dtype).
+
+    ``log Z`` is ``log_normalizer`` when given, else ``target.exact_log_normalizer()`` where it is not
+    ``None``, else ``target.log_normalizer()`` (quadrature), else 0 (a normalised Pyro distribution).
+    The Monte Carlo standard error is about ``std(log q - log p~) / sqrt(num_samples)``; an estimate can
+    come out slightly negative for a near-perfect fit.
+    """
+    log_w = _log_weights(model, target, num_samples, batch_size, "reverse_kl")
+    return float(-log_w.mean()) + _log_normalizer_of(target, log_normalizer)
+
+
+def importance_log_normalizer(model, target, num_samples: int = 20000,
+                              batch_size: int = 8192) -> tuple[float, float]:
+    r"""Importance-sampling estimate of the target's ``log Z`` with the model as proposal, and its standard
+    error: with weights :math:`w_i = \tilde p(x_i) / q(x_i)`, :math:`x_i \sim q`,
+
+    .. math:: \log \hat Z = \log \tfrac1N \textstyle\sum_i w_i, \qquad
+              \mathrm{se} \approx \frac{\mathrm{sd}(w)}{\sqrt N\, \bar w} \quad\text{(delta method)}.
+
+    :math:`\hat Z` is unbiased, :math:`\log \hat Z` biased low by about :math:`\mathrm{se}^2 / 2`. The error is
+    only as trustworthy as the weights' variance estimate: a proposal that misses a mode gives a small
+    error and a wrong answer. Without gradients, in batches, on the model's device.
+    """
+    log_w = _log_weights(model, target, num_samples, batch_size, "importance_log_normalizer")
+    n = log_w.numel()
+    log_z = float(torch.logsumexp(log_w, 0)) - math.log(n)
+    if n < 2:
+        return log_z, math.inf
+    w = torch.exp(log_w - log_w.max())  # scale-free: the ratio sd / mean is unchanged
+    se = float(w.std() / (w.mean() * math.sqrt(n)))
+    return log_z, se
+
+
+def effective_sample_size(model, target, num_samples: int = 20000, batch_size: int = 8192) -> float:
+    r"""Kish's effective sample size of the importance weights :math:`w_i = \tilde p(x_i) / q(x_i)`,
+    :math:`x_i \sim q`, as a fraction of ``num_samples``:
+    :math:`(\sum_i w_i)^2 / (N \sum_i w_i^2) \in (0, 1]`; 1 when ``q`` is proportional to the target.
+    Without gradients, in batches, on the model's device."""
+    log_w = _log_weights(model, target, num_samples, batch_size, "effective_sample_size")
+    log_ess = 2.0 * torch.logsumexp(log_w, 0) - torch.logsumexp(2.0 * log_w, 0)
+    return float(torch.exp(log_ess - math.log(log_w.numel())).clamp(max=1.0))
+
+
+# --------------------------------------------------------------------------- a flow autoguide
+class AutoFlow(AutoContinuous):
+    r"""A Pyro autoguide whose posterior is a pyro_nf flow over the model's unconstrained latent space.
+
+    Like Pyro's ``AutoNormalizingFlow`` (and as an ``AutoContinuous``), it maps every continuous latent
+    site to the real line (``biject_to(site.support)``), concatenates them into one vector of size
+    ``latent_dim`` and fits one distribution to it; here
+
+    .. math:: x = \mathrm{loc} + \mathrm{scale} \odot f(z), \qquad z \sim \mathcal N(0, I),
+
+    with ``f = nf.build(flow, latent_dim, **options)`` (any name in ``nf.names()``; ``options`` are that
+    architecture's, e.g. ``num_layers``, ``hidden_dims``) followed by a learned elementwise affine layer
+    (``AffineConstant``) that starts at ``loc`` = the ``init_loc_fn`` values (default: the prior median)
+    and ``scale = init_scale`` (default 0.1). The whole chain is ``guide.flow`` (a :class:`~pyro_nf.Flow`),
+    built on the first call, on the device and in the dtype of the model's latent values.
+
+    It works wherever a Pyro autoguide does: ``SVI``, ``Predictive``, the param store (the flow's
+    parameters are registered as ``AutoFlow.flow$$$...`` through ``pyro.module``, as Pyro registers any
+    ``nn.Module`` attribute of a ``PyroModule``), ``guide.get_posterior()``, ``guide.sample_latent()``.
+    ``median()`` and ``quantiles()`` are Monte Carlo estimates from ``num_quantile_samples`` draws (per
+    unconstrained coordinate, mapped through each site's bijection), since a flow has no closed form.
+
+    **Param store.** As with every Pyro autoguide, the names depend on the class only, so two AutoFlow
+    guides in one process share names. A stale entry would silently shadow the new guide's parameters
+    (``pyro.module`` keeps what the store already holds), so on set-up the guide replaces any
+    ``AutoFlow.flow$$$`` entries it finds, with a warning; call ``pyro.clear_param_store()`` between fits,
+    as Pyro's examples do, to avoid both.
+
+    Raises ``ValueError`` for an unknown architecture (listing ``nf.names()``) or unknown options, and, on
+    the first call, for a model with a discrete latent site (naming it: hide such sites with
+    ``poutine.block`` and enumerate them, as for any ``AutoContinuous`` guide).
+    """
+
+    def __init__(self, model, flow: str = "iaf", *, init_loc_fn=init_to_median, init_scale: float = 0.1,
+                 num_quantile_samples: int = 4096, **options):
+        if flow not in names():
+            raise ValueError(f"AutoFlow: unknown flow architecture {flow!r}; valid names: {', '.join(names())}")
+        unknown = sorted(set(options) - set(flow_options(flow)))
+        if unknown:
+            raise ValueError(f"AutoFlow: unknown option(s) {unknown} for {flow!r}; valid options: "
+                             f"{sorted(flow_options(flow))}")
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"AutoFlow: init_scale must be a positive number, got {init_scale!r}")
+        _check_positive_int("AutoFlow", num_quantile_samples=num_quantile_samples)
+        self._flow_name = flow
+        self._flow_options = dict(options)
+        self._init_scale = float(init_scale)
+        self.num_quantile_samples = num_quantile_samples
+        super().__init__(model, init_loc_fn=init_loc_fn)
+
+    def _discrete_site(self):
+        trace = getattr(self, "prototype_trace", None)
+        if trace is None:
+            return None
+        for name, site in trace.iter_stochastic_nodes():
+            if site["fn"].support.is_discrete:
+                return name, site
+        return None
+
+    def _raise_if_discrete(self, cause=None):
+        found = self._discrete_site()
+        if found is not None:
+            name, site = found
+            raise ValueError(
+                f"AutoFlow: the model's latent site {name!r} is discrete ({type(site['fn']).__name__}); AutoFlow "
+                f"fits continuous latent sites only. Hide it, e.g. AutoFlow(poutine.block(model, hide=[{name!r}]))"
+                f", and enumerate it (TraceEnum_ELBO) or give it its own guide (AutoGuideList)."
+            ) from cause
+
+    def _setup_prototype(self, *args, **kwargs):
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except (ValueError, NotImplementedError) as error:
+            self._raise_if_discrete(error)
+            raise
+        self._raise_if_discrete()
+        loc = self._init_loc().detach()
+        dim = self.latent_dim
+        try:
+            body = build(self._flow_name, dim, **self._flow_options)
+        except ValueError as error:
+            raise ValueError(f"AutoFlow: cannot build {self._flow_name!r} over the model's {dim} unconstrained "
+                             f"latent dimension(s): {error}") from None
+        affine = AffineConstant(dim)
+        with torch.no_grad():
+            affine.shift.copy_(loc)
+            affine.log_scale.fill_(math.log(self._init_scale))
+        flow = Flow([*body.parts, affine], dim=dim, name=self._flow_name).to(device=loc.device, dtype=loc.dtype)
+        prefix = self._pyro_get_fullname("flow") + "$$$"
+        store = pyro.get_param_store()
+        stale = [k for k in store.keys() if k.startswith(prefix)]
+        if stale:
+            warnings.warn(f"AutoFlow: replacing {len(stale)} stale param-store entries named {prefix}... (from an "
+                          f"earlier guide); call pyro.clear_param_store() between fits", stacklevel=3)
+            for key in stale:
+                del store[key]
+        self.flow = flow
+
+    def get_base_dist(self):
+        ref = self.flow.parts[-1].shift
+        zeros = torch.zeros(self.flow.base_dim(), device=ref.device, dtype=ref.dtype)  # shape-changing layers
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def get_transform(self, *args, **kwargs):
+        return self.flow
+
+    @torch.no_grad()
+    def _latent_draws(self, *args, **kwargs) -> torch.Tensor:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        was_training = self.flow.training
+        self.flow.eval()
+        try:
+            return self.get_posterior(*args, **kwargs).sample((self.num_quantile_samples,))
+        finally:
+            self.flow.train(was_training)
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, **kwargs):
+        """Posterior quantiles of each latent site (Monte Carlo, ``num_quantile_samples`` draws): a dict
+        of tensors whose first dimension runs over ``quantiles``."""
+        latents = self._latent_draws(*args, **kwargs)
+        q = torch.as_tensor(quantiles, dtype=latents.dtype, device=latents.device).reshape(-1)
+        values = torch.quantile(latents, q, dim=0)  # (Q, latent_dim)
+        result = {}
+        for row in values:
+            for site, unconstrained in self._unpack_latent(row):
+                result.setdefault(site["name"], []).append(biject_to(site["fn"].support)(unconstrained))
+        return {name: torch.stack(v) for name, v in result.items()}
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs):
+        """Posterior median of each latent site (Monte Carlo, ``num_quantile_samples`` draws)."""
+        return {name: v[0] for name, v in self.quantiles([0.5], *args, **kwargs).items()}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 import pyro_nf as nf
+from pyro_nf.stochastic import AnnealedEnergy, Langevin, Metropolis
+from pyro_nf.surjections import Abs, Augment, Slice
 from pyro_nf.transforms import (
     ActNorm,
     AdditiveCoupling,
@@ -29,6 +31,7 @@ from pyro_nf.transforms import (
     PReLU,
     Radial,
     Shift,
+    Softplus,
     Spline,
     SplineAutoregressive,
     SplineCoupling,
@@ -40,9 +43,27 @@ HIDDEN = (16, 16)
 
 @dataclass
 class Case:
+    """``kind``: "bijection", "surjection" or "stochastic". For surjections, ``exact`` says which
+    composition is the identity: "inverse_after_forward" (Abs, Slice: the sampling direction
+    is the random one) or "forward_after_inverse" (Augment: the density direction is).
+
+    ``perturb_scale`` is how far :func:`perturb` moves the zero-initialised parameters. Models
+    whose ``log_prob`` is an importance weight (a whole flow before Augment, a flow feeding
+    Metropolis layers) get a smaller one: a strongly perturbed, untrained model is so far from its
+    own proposal (``q(e|x)``, the reverse kernel) that the weights have infinite variance, and no
+    number of paths would check their unbiasedness."""
+
     id: str
     factory: Callable[[int], torch.nn.Module]
     min_dim: int = 1
+    kind: str = "bijection"
+    exact: str | None = None
+    perturb_scale: float = 0.3
+
+    @property
+    def random_density(self) -> bool:
+        """Whether ``log_prob`` of fresh data draws a random path."""
+        return self.kind == "stochastic" or self.exact == "forward_after_inverse"
 
 
 def _layer_cases() -> list[Case]:
@@ -71,7 +92,30 @@ def _layer_cases() -> list[Case]:
         Case("Spline", lambda d: Spline(d, count_bins=6, bound=2.0)),
         Case("Planar", lambda d: Planar(d)),
         Case("Radial", lambda d: Radial(d)),
+        Case("Abs", lambda d: nf.Flow([Softplus(d), Abs(d)]), kind="surjection", exact="inverse_after_forward"),
+        Case("Abs-learned-signs", lambda d: nf.Flow([AffineConstant(d), Softplus(d), Abs(d, learn_signs=True,
+                                                                                          hidden_dims=HIDDEN)]),
+             kind="surjection", exact="inverse_after_forward"),
+        Case("Augment", lambda d: Augment(d, 2), kind="surjection", exact="forward_after_inverse"),
+        Case("Augment-learned", lambda d: nf.Flow([AffineCoupling(d + 1, HIDDEN), Augment(d, 1, learned=True,
+                                                                                             hidden_dims=HIDDEN)]),
+             kind="surjection", exact="forward_after_inverse"),
+        Case("Slice", lambda d: Slice(d - 1, 1, hidden_dims=HIDDEN), min_dim=2, kind="surjection",
+             exact="inverse_after_forward"),
+        Case("Metropolis", lambda d: Metropolis(d, _shifted_normal, n_steps=3, step_size=0.5), kind="stochastic"),
+        Case("Langevin", lambda d: Langevin(d, AnnealedEnergy(_shifted_normal, 0.7), n_steps=2, step_size=0.2),
+             kind="stochastic"),
     ]
+
+
+def _shifted_normal(x: torch.Tensor) -> torch.Tensor:
+    """Energy of N(0.5, 0.8^2 I), unnormalised."""
+    return 0.5 * (((x - 0.5) / 0.8) ** 2).sum(-1)
+
+
+ARCHITECTURE_KINDS = {"realnvp_abs": ("surjection", "inverse_after_forward", 0.3),
+                      "augmented_realnvp": ("surjection", "forward_after_inverse", 0.1),
+                      "snf": ("stochastic", None, 0.1)}
 
 
 def _architecture_cases() -> list[Case]:
@@ -80,7 +124,9 @@ def _architecture_cases() -> list[Case]:
         min_dim = nf.flows._get(name).min_dim
         small = (("num_layers", 2), ("hidden_dims", HIDDEN), ("count_bins", 4))
         opts = {k: v for k, v in small if k in nf.flows.options(name)}
-        cases.append(Case(f"flow:{name}", lambda d, name=name, opts=opts: nf.flows.build(name, d, **opts), min_dim))
+        kind, exact, scale = ARCHITECTURE_KINDS.get(name, ("bijection", None, 0.3))
+        cases.append(Case(f"flow:{name}", lambda d, name=name, opts=opts: nf.flows.build(name, d, **opts), min_dim,
+                          kind, exact, scale))
     return cases
 
 
@@ -110,8 +156,13 @@ def make(case_id: str, dim: int, dtype=torch.float32, seed: int = 0, perturbed: 
     torch.manual_seed(seed)
     flow = case.factory(dim).to(dtype)
     if perturbed:
-        perturb(flow, seed=seed)
+        perturb(flow, scale=case.perturb_scale, seed=seed)
     return flow
+
+
+def latent_dim(flow, dim: int) -> int:
+    """Size of the forward input (the latent side) for data of size ``dim``."""
+    return flow.inverse_shape(torch.Size([dim]))[-1]
 
 
 def parts(flow) -> list:

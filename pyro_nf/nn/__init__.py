@@ -1,5 +1,6 @@
 """Conditioner networks and masks, shared by every layer: one MLP, one masked MLP (MADE)."""
 
+from .functional import soft_clamp
 from .made import MADE, MaskedLinear, check_order
 from .masks import COUPLING_MASKS, check_coupling_mask, coupling_mask
 from .mlp import MLP, check_hidden_dims, make_activation
@@ -14,4 +15,5 @@ __all__ = [
     "check_order",
     "coupling_mask",
     "make_activation",
+    "soft_clamp",
 ]

@@ -9,7 +9,7 @@ from .autoregressive import (
 )
 from .base import FlowTransform
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, additive_coupling, affine_coupling
-from .elementwise import LeakyReLU, PReLU
+from .elementwise import LeakyReLU, PReLU, Softplus
 from .linear import AffineConstant, InvertibleLinear, Permutation, reverse
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial
@@ -36,6 +36,7 @@ __all__ = [
     "RationalQuadraticSpline",
     "ScalarTransformer",
     "Shift",
+    "Softplus",
     "Spline",
     "SplineAutoregressive",
     "SplineCoupling",

@@ -24,7 +24,12 @@ class FlowTransform(TransformModule):
     * optionally ``_ladj(x, y)``, the log-det of a pair seen by neither call (the default
       reruns the forward pass on ``x``).
 
-    Inputs may have any leading batch shape ``(..., input_dim)``.
+    Inputs may have any leading batch shape ``(..., domain_dim)`` (forward) and
+    ``(..., codomain_dim)`` (inverse); both are ``input_dim`` except for shape-changing layers.
+
+    Non-bijective layers (surjections, stochastic layers) set ``bijective = False``: their
+    log-det must be a deterministic function of the pair, and they refuse ``cache_size=0``,
+    since without the cache ``log_prob`` of a sample would score a different random path.
 
     **Caching.** Like Pyro's transforms, a layer with ``cache_size=1`` remembers its last
     ``(x, y)`` pair, so that ``log_prob`` of a sample drawn by ``rsample`` costs no inverse and,
@@ -46,6 +51,11 @@ class FlowTransform(TransformModule):
         super().__init__(cache_size=cache_size)
         if not isinstance(input_dim, int) or isinstance(input_dim, bool) or input_dim < 1:
             raise ValueError(f"{type(self).__name__}: input_dim must be a positive int, got {input_dim!r}")
+        if not self.bijective and cache_size != 1:
+            raise ValueError(
+                f"{type(self).__name__} is not bijective and needs cache_size=1: without the cache, "
+                "log_prob of a sample would score a different random path than the one that made it"
+            )
         self.input_dim = input_dim
         self._cache_entry = None  # (x, y, ladj, stamp)
 
@@ -60,13 +70,18 @@ class FlowTransform(TransformModule):
         return self._forward_with_ladj(x)[1]
 
     @property
-    def output_dim(self) -> int:
-        """Size of the last dimension of the forward output."""
+    def domain_dim(self) -> int:
+        """Size of the last dimension of the forward input (the latent side)."""
+        return self.input_dim
+
+    @property
+    def codomain_dim(self) -> int:
+        """Size of the last dimension of the forward output (the data side)."""
         return self.input_dim
 
     # ----------------------------------------------------------------- torch Transform API
     def __call__(self, x):
-        self._check_input(x, self.input_dim, "forward input")
+        self._check_input(x, self.domain_dim, "forward input")
         entry = self._cache_lookup(x=x)
         if entry is not None:
             return entry[1]
@@ -75,7 +90,7 @@ class FlowTransform(TransformModule):
         return y
 
     def _inv_call(self, y):
-        self._check_input(y, self.output_dim, "inverse input")
+        self._check_input(y, self.codomain_dim, "inverse input")
         entry = self._cache_lookup(y=y)
         if entry is not None:
             return entry[0]
@@ -87,8 +102,8 @@ class FlowTransform(TransformModule):
         entry = self._cache_lookup(x=x, y=y)
         if entry is not None:
             return entry[2]
-        self._check_input(x, self.input_dim, "log_abs_det_jacobian x")
-        self._check_input(y, self.output_dim, "log_abs_det_jacobian y")
+        self._check_input(x, self.domain_dim, "log_abs_det_jacobian x")
+        self._check_input(y, self.codomain_dim, "log_abs_det_jacobian y")
         return self._ladj(x, y)
 
     def with_cache(self, cache_size: int = 1):
@@ -100,10 +115,10 @@ class FlowTransform(TransformModule):
         )
 
     def forward_shape(self, shape):
-        return torch.Size(shape[:-1]) + (self.output_dim,)
+        return torch.Size(shape[:-1]) + (self.codomain_dim,)
 
     def inverse_shape(self, shape):
-        return torch.Size(shape[:-1]) + (self.input_dim,)
+        return torch.Size(shape[:-1]) + (self.domain_dim,)
 
     # ----------------------------------------------------------------- cache
     def _stamp(self, x: torch.Tensor, y: torch.Tensor) -> tuple:

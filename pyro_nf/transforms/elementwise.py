@@ -7,6 +7,8 @@ import math
 
 import torch
 from torch import nn
+from torch.distributions import constraints
+from torch.nn import functional as F
 
 from .base import FlowTransform
 
@@ -70,3 +72,23 @@ class PReLU(FlowTransform):
     def _inverse_with_ladj(self, y):
         x, neg_ladj = _leaky(y, -self.log_slope)
         return x, -neg_ladj.sum(-1)
+
+
+class Softplus(FlowTransform):
+    r"""Elementwise softplus onto the positive orthant, the natural layer before
+    :class:`~pyro_nf.surjections.Abs`:
+
+    .. math:: y = \log(1 + e^{x}),\qquad x = y + \log(1 - e^{-y}),\qquad
+              \log|\det J| = \textstyle\sum_i \log\sigma(x_i).
+    """
+
+    codomain = constraints.independent(constraints.positive, 1)
+
+    def _forward_with_ladj(self, x):
+        return F.softplus(x), F.logsigmoid(x).sum(-1)
+
+    def _inverse_with_ladj(self, y):
+        # y = 0 (the closed boundary) maps to a large negative x rather than -inf and NaN
+        y = y.clamp_min(torch.finfo(y.dtype).tiny)
+        x = y + torch.log(-torch.expm1(-y))
+        return x, F.logsigmoid(x).sum(-1)

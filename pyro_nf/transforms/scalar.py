@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from ..nn import soft_clamp
+
 
 class ScalarTransformer(nn.Module):
     params_per_dim: int
@@ -68,8 +70,7 @@ class Affine(ScalarTransformer):
         self.log_bound = nn.Parameter(torch.full((num_dims,), math.log(scale_bound)))
 
     def _log_scale(self, raw):
-        bound = self.log_bound.exp()
-        return bound * torch.tanh(raw / bound)
+        return soft_clamp(raw, self.log_bound.exp())
 
     def forward(self, x, params):
         shift, log_scale = params[..., 0], self._log_scale(params[..., 1])
