@@ -96,7 +96,9 @@ def transformed(flow, base: dist.Distribution | None = None) -> dist.Transformed
         raise ValueError(f"transformed: {type(first).__name__} needs a base on the positive orthant, "
                          f"got support {base.support}")
     if base is None:
-        ref = next(iter(flow.parameters()), None)
+        # parameters first, then floating buffers (a flow of Metropolis layers has only buffers)
+        floating = (t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point())
+        ref = next(floating, None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
         size = flow.base_dim() if isinstance(flow, Flow) else getattr(flow, "domain_dim", flow.input_dim)
         zeros = torch.zeros(size, device=device, dtype=dtype)
