@@ -17,18 +17,27 @@ import torch
 from . import datasets, flows, infer, targets
 
 
-def _fit(args) -> int:
+def _setup(args):
+    """Seed, headless matplotlib, and the device and dtype of ``args``; ``None`` if CUDA is asked for
+    but missing (after saying so)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from . import plot
-
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
+        return None
+    return device, torch.float64 if args.float64 else torch.float32
+
+
+def _fit(args) -> int:
+    from . import plot
+
+    setup = _setup(args)
+    if setup is None:
         return 2
-    dtype = torch.float64 if args.float64 else torch.float32
+    device, dtype = setup
     data = datasets.load(args.data, n=args.n, seed=args.seed, device=device, dtype=dtype)
     train, val, test = datasets.split(data, (0.8, 0.1, 0.1), seed=args.seed)
     flow = flows.build(args.flow, data.shape[-1]).to(device=device, dtype=dtype)
@@ -49,17 +58,12 @@ def _fit(args) -> int:
 
 
 def _vi(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
     from . import plot
 
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
+    setup = _setup(args)
+    if setup is None:
         return 2
-    dtype = torch.float64 if args.float64 else torch.float32
+    device, dtype = setup
     target = targets.load(args.target)
     flow = flows.build(args.flow, 2, num_layers=args.layers).to(device=device, dtype=dtype)
     model = flows.transformed(flow)

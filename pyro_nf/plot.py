@@ -126,10 +126,18 @@ def data_vs_model(data: torch.Tensor, distribution, path=None, bounds=None, num_
         lo, hi = data.min(0).values.cpu(), data.max(0).values.cpu()
         pad = 0.25 * (hi - lo)
         bounds = ((float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1])))
+    return _reference_samples_density(lambda ax: samples(data, ax, bounds, "data"), distribution, bounds,
+                                      num_samples, "model", title, path)
+
+
+def _reference_samples_density(draw_reference, distribution, bounds, num_samples, label, title, path,
+                               resolution=200):
+    """One row of three panels: a reference (drawn by ``draw_reference(ax)``), the distribution's
+    samples and its density heat map."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    samples(data, axes[0], bounds, "data")
-    samples(distribution.sample((num_samples,)), axes[1], bounds, "model samples", color="C3")
-    density(distribution, axes[2], bounds, title="model density")
+    draw_reference(axes[0])
+    samples(distribution.sample((num_samples,)), axes[1], bounds, f"{label} samples", color="C3")
+    density(distribution, axes[2], bounds, resolution=resolution, title=f"{label} density")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -143,15 +151,9 @@ def target_vs_model(target, distribution, path=None, bounds=None, num_samples=20
     on ``resolution`` points per axis), all on the target's box (or ``bounds``). Saves a PNG to ``path``
     when given and returns the figure."""
     bounds = _bounds(bounds, _bounds(target))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    target_density(target, axes[0], bounds, resolution=resolution, title="target exp(-U)")
-    samples(distribution.sample((num_samples,)), axes[1], bounds, "flow samples", color="C3")
-    density(distribution, axes[2], bounds, resolution=resolution, title="flow density")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
-    return fig
+    return _reference_samples_density(
+        lambda ax: target_density(target, ax, bounds, resolution=resolution, title="target exp(-U)"),
+        distribution, bounds, num_samples, "flow", title, path, resolution)
 
 
 @torch.no_grad()
