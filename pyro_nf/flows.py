@@ -282,8 +282,11 @@ def _realnvp_abs(dim, num_layers=6, hidden_dims=(64, 64), learn_signs=False):
 
 @register("augmented_realnvp", "RealNVP on [x, e], e ~ q(e|x) from Augment: extra dimensions for the flow "
                               "(Huang et al., 2020)")
-def _augmented_realnvp(dim, num_layers=8, hidden_dims=(64, 64), augment_dim=2, learned=True):
-    return [*_realnvp(dim + augment_dim, num_layers, hidden_dims), Augment(dim, augment_dim, learned=learned)]
+def _augmented_realnvp(dim, num_layers=8, hidden_dims=(64, 64), augment_dim=2, learned=True, mask="half"):
+    # "half" splits [x, e] into its first and second halves; "alternate" interleaves them, so that
+    # data coordinates also condition each other directly
+    _check_mask_kind("augmented_realnvp", mask)
+    return [*_realnvp(dim + augment_dim, num_layers, hidden_dims, mask), Augment(dim, augment_dim, learned=learned)]
 
 
 @register("snf", "Stochastic normalizing flow: RealNVP blocks interleaved with Metropolis or Langevin layers on "

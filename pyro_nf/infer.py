@@ -434,6 +434,10 @@ def reverse_kl(model, target, num_samples: int = 20000, log_normalizer: float | 
     ``None``, else ``target.log_normalizer()`` (quadrature), else 0 (a normalised Pyro distribution).
     The Monte Carlo standard error is about ``std(log q - log p~) / sqrt(num_samples)``; an estimate can
     come out slightly negative for a near-perfect fit.
+
+    For a model whose ``log_prob`` scores a random path (``Augment``, stochastic layers), ``log q`` is the
+    one-path value of each sample's own path, so the result is the KL between path distributions, an
+    upper bound on the KL of the samples themselves.
     """
     log_w = _log_weights(model, target, num_samples, batch_size, "reverse_kl")
     return float(-log_w.mean()) + _log_normalizer_of(target, log_normalizer)
@@ -449,7 +453,9 @@ def importance_log_normalizer(model, target, num_samples: int = 20000,
 
     :math:`\hat Z` is unbiased, :math:`\log \hat Z` biased low by about :math:`\mathrm{se}^2 / 2`. The error is
     only as trustworthy as the weights' variance estimate: a proposal that misses a mode gives a small
-    error and a wrong answer. Without gradients, in batches, on the model's device.
+    error and a wrong answer (a flow that has collapsed onto one of two wells reports an ESS near 1
+    and a confident ``log Z`` too low by the missing mass). Without gradients, in batches, on the
+    model's device.
     """
     log_w = _log_weights(model, target, num_samples, batch_size, "importance_log_normalizer")
     n = log_w.numel()

@@ -13,6 +13,8 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
+from .flows import log_prob_estimate
+
 Bounds = tuple[tuple[float, float], tuple[float, float]]
 
 
@@ -66,10 +68,14 @@ def _heat(ax, gx, gy, values, cmap, title, bounds):
 
 @torch.no_grad()
 def density(distribution, ax=None, bounds=((-3, 3), (-3, 3)), resolution=200, cmap="viridis", title=None,
-            path=None):
+            path=None, num_paths=1):
     """Heat map of ``exp(log_prob)`` of a 2D distribution on a grid. ``bounds`` is a box
     ``((x0, x1), (y0, y1))`` or a target (its ``bounds`` are used). Modules are evaluated in eval mode
-    and left as they were."""
+    and left as they were.
+
+    For models whose ``log_prob`` draws a random path (``Augment``, stochastic layers) each grid point
+    gets one path, a noisy picture; ``num_paths=K`` shows the mean of ``exp(log_prob)`` over ``K``
+    paths instead (:func:`pyro_nf.flows.log_prob_estimate`, ``K`` times the cost)."""
     ax = ax or plt.gca()
     bounds = _bounds(bounds, ((-3.0, 3.0), (-3.0, 3.0)))
     gx, gy, points = _grid(bounds, resolution, _like(distribution))
@@ -78,7 +84,13 @@ def density(distribution, ax=None, bounds=((-3, 3), (-3, 3)), resolution=200, cm
     for m in modules:
         m.eval()
     try:
-        values = distribution.log_prob(points.reshape(-1, 2)).reshape(gx.shape).exp()
+        flat = points.reshape(-1, 2)
+        if num_paths == 1:
+            log_p = distribution.log_prob(flat)
+        else:
+            chunk = max(1, 2**16 // num_paths)
+            log_p = torch.cat([log_prob_estimate(distribution, part, num_paths) for part in flat.split(chunk)])
+        values = log_p.reshape(gx.shape).exp()
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)

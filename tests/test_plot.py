@@ -92,3 +92,28 @@ def test_training_curves(tmp_path):
     _png(tmp_path / "c.png")
     with pytest.raises(ValueError, match="training_curves: 1 labels for 2 histories"):
         plot.training_curves([vi, vi], labels=["a"])
+
+
+def _heat_values(ax):
+    return torch.as_tensor(ax.collections[-1].get_array().data).reshape(-1)
+
+
+def test_density_averages_paths_for_random_models():
+    """``num_paths``: exact models draw the same picture; an augmented model's picture gets less noisy."""
+    torch.manual_seed(0)
+    exact = nf.transformed(nf.build("realnvp", 2, num_layers=2, hidden_dims=(8,)))
+    one = _heat_values(plot.density(exact, ax=plt.figure().gca(), resolution=20))
+    many = _heat_values(plot.density(exact, ax=plt.figure().gca(), resolution=20, num_paths=4))
+    torch.testing.assert_close(one, many)
+    flow = nf.build("augmented_realnvp", 2, num_layers=2, hidden_dims=(8,), mask="alternate")
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model = nf.transformed(flow)
+
+    def spread(paths):
+        a, b = (_heat_values(plot.density(model, ax=plt.figure().gca(), resolution=20, num_paths=paths))
+                for _ in range(2))
+        return (a - b).abs().mean()
+
+    assert spread(64) < 0.5 * spread(1)
