@@ -127,8 +127,12 @@ class FlowTransform(TransformModule):
         return tuple(versions)
 
     def _cache_lookup(self, x=None, y=None):
+        # is_compiling() first: a compiled function must not read (and so guard on) the cache entry, or
+        # every eager call in between would invalidate the compiled graph and force a recompilation
+        if torch.compiler.is_compiling() or self._cache_size == 0:
+            return None
         entry = self._cache_entry
-        if entry is None or self._cache_size == 0 or torch.compiler.is_compiling():
+        if entry is None:
             return None
         if (x is not None and x is not entry[0]) or (y is not None and y is not entry[1]):
             return None
@@ -153,12 +157,11 @@ class FlowTransform(TransformModule):
 
     # ----------------------------------------------------------------- checks and repr
     def _reference_tensor(self):
-        for t in self.parameters():
-            return t
-        for t in self.buffers():
-            if t.is_floating_point():
-                return t
-        return None
+        # The first parameter, else the first floating buffer, in Module.parameters() order. A direct walk:
+        # parameters() goes through named_modules, whose memo hashes every module (slow, and a graph
+        # break under torch.compile, since Pyro's TransformModule.__hash__ calls super().__hash__()).
+        ref = _first_tensor(self, "_parameters")
+        return ref if ref is not None else _first_tensor(self, "_buffers", floating=True)
 
     def _check_input(self, value, size: int, what: str) -> None:
         name = type(self).__name__
@@ -201,7 +204,25 @@ def _collect_versions(module: torch.nn.Module, out: list) -> None:
             _collect_versions(child, out)
 
 
+def _first_tensor(module: torch.nn.Module, kind: str, floating: bool = False):
+    """The first tensor of ``module._parameters`` or ``module._buffers`` (``kind``) in a pre-order walk of
+    the submodules, optionally the first floating-point one."""
+    for t in getattr(module, kind).values():
+        if t is not None and (not floating or t.is_floating_point()):
+            return t
+    for child in module._modules.values():
+        if child is not None:
+            t = _first_tensor(child, kind, floating)
+            if t is not None:
+                return t
+    return None
+
+
 def _version(t: torch.Tensor) -> int:
-    # Inference-mode tensors have no version counter; they cannot be edited outside it either.
-    return -1 if t.is_inference() else t._version
+    # Inference-mode tensors have no version counter (reading it raises); they cannot be edited outside
+    # inference mode either. try/except: the common case costs one attribute read.
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 

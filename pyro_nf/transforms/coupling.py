@@ -45,6 +45,13 @@ class Coupling(FlowTransform):
         self.register_buffer("transformed_index", mask.nonzero().flatten(), persistent=False)
         order = torch.cat([self.identity_index, self.transformed_index])
         self.register_buffer("merge_index", torch.argsort(order), persistent=False)
+        # When both parts are contiguous blocks (the "half" masks), split by views and merge by one cat
+        # instead of gathering copies: (identity_first, size of the first block).
+        self._blocks = None
+        if _is_range(self.identity_index) and _is_range(self.transformed_index):
+            identity_first = int(self.identity_index[0]) == 0
+            self._blocks = (identity_first, self.identity_index.numel() if identity_first
+                            else self.transformed_index.numel())
         self.transformer = transformer
         n_a, n_b = self.identity_index.numel(), self.transformed_index.numel()
         if conditioner is None:
@@ -63,9 +70,15 @@ class Coupling(FlowTransform):
         return params.unflatten(-1, (n_b, self.transformer.params_per_dim))
 
     def _split(self, v):
+        if self._blocks is not None:
+            identity_first, first = self._blocks
+            head, tail = v[..., :first], v[..., first:]
+            return (head, tail) if identity_first else (tail, head)
         return v.index_select(-1, self.identity_index), v.index_select(-1, self.transformed_index)
 
     def _merge(self, v_a, v_b):
+        if self._blocks is not None:
+            return torch.cat([v_a, v_b] if self._blocks[0] else [v_b, v_a], dim=-1)
         return torch.cat([v_a, v_b], dim=-1).index_select(-1, self.merge_index)
 
     def _forward_with_ladj(self, x):
@@ -82,6 +95,11 @@ class Coupling(FlowTransform):
         hidden = getattr(self.conditioner, "hidden_dims", None)
         text = f"input_dim={self.input_dim}, transformed={self.transformed_index.tolist()}"
         return text + (f", hidden_dims={hidden}" if hidden is not None else "")
+
+
+def _is_range(index: torch.Tensor) -> bool:
+    """Whether a 1-D index tensor is ``start, start + 1, ..., start + n - 1``."""
+    return index.numel() > 0 and bool(torch.equal(index, torch.arange(int(index[0]), int(index[0]) + index.numel())))
 
 
 class AffineCoupling(Coupling):

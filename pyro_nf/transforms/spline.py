@@ -69,9 +69,12 @@ class RationalQuadraticSpline(ScalarTransformer):
 
     def _spline(self, params):
         k = self.count_bins
-        xs = self._knots(params[..., :k], self.min_bin_width)
-        ys = self._knots(params[..., k:2 * k], self.min_bin_height)
-        inner = self.min_derivative + F.softplus(params[..., 2 * k:] + self._derivative_offset)
+        # one split: its backward is one concatenation, where three slices would each zero-fill a
+        # params-sized gradient
+        widths, heights, derivatives = params.split([k, k, k - 1], dim=-1)
+        xs = self._knots(widths, self.min_bin_width)
+        ys = self._knots(heights, self.min_bin_height)
+        inner = self.min_derivative + F.softplus(derivatives + self._derivative_offset)
         ones = torch.ones_like(inner[..., :1])
         return xs, ys, torch.cat([ones, inner, ones], dim=-1)
 
