@@ -4,15 +4,19 @@ Layers are ``pyro.distributions.TransformModule`` subclasses whose forward is th
 direction; named architectures come from :func:`pyro_nf.flows.build`.
 """
 
-from . import datasets, flows, infer, nn, targets, transforms
+from . import datasets, distributions, flows, infer, nn, targets, transforms
+from .distributions import FlowDistribution, StandardNormal
 from .flows import Flow, build, names, transformed
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Flow",
+    "FlowDistribution",
+    "StandardNormal",
     "build",
     "datasets",
+    "distributions",
     "flows",
     "infer",
     "names",

@@ -16,6 +16,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch.distributions import constraints
 
+from .distributions import FlowDistribution, StandardNormal
 from .nn import COUPLING_MASKS, check_hidden_dims, coupling_mask
 from .stochastic import AnnealedEnergy, Langevin, Metropolis
 from .surjections import Abs, Augment
@@ -83,7 +84,8 @@ class Flow(ComposeTransformModule):
 
 
 def transformed(flow, base: dist.Distribution | None = None) -> dist.TransformedDistribution:
-    """``TransformedDistribution(base, flow)``; the default base is a standard normal of the
+    """``TransformedDistribution(base, flow)`` (a :class:`~pyro_nf.distributions.FlowDistribution`, whose
+    input check is cheaper); the default base is a :class:`~pyro_nf.distributions.StandardNormal` of the
     flow's base size, on the device and dtype of the flow's parameters."""
     first = flow.parts[0] if isinstance(flow, ComposeTransformModule) and flow.parts else flow
     if base is None and is_positive(first.domain):
@@ -101,9 +103,8 @@ def transformed(flow, base: dist.Distribution | None = None) -> dist.Transformed
         ref = next(floating, None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
         size = flow.base_dim() if isinstance(flow, Flow) else getattr(flow, "domain_dim", flow.input_dim)
-        zeros = torch.zeros(size, device=device, dtype=dtype)
-        base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-    return dist.TransformedDistribution(base, flow)
+        base = StandardNormal(size, device=device, dtype=dtype)
+    return FlowDistribution(base, flow)
 
 
 @torch.no_grad()

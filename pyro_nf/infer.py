@@ -28,6 +28,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import TransformedDistribution, biject_to
 from tqdm.auto import tqdm
 
+from .distributions import StandardNormal
 from .flows import Flow, build, names, transformed
 from .flows import options as flow_options
 from .transforms import AffineConstant
@@ -577,8 +578,7 @@ class AutoFlow(AutoContinuous):
 
     def get_base_dist(self):
         ref = self.flow.parts[-1].shift
-        zeros = torch.zeros(self.flow.base_dim(), device=ref.device, dtype=ref.dtype)  # shape-changing layers
-        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        return StandardNormal(self.flow.base_dim(), device=ref.device, dtype=ref.dtype)  # shape-changing layers
 
     def get_transform(self, *args, **kwargs):
         return self.flow

@@ -1,0 +1,69 @@
+"""StandardNormal: the same distribution as Normal(0, 1).to_event(1), cheaper."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_nf as nf
+from pyro_nf.distributions import StandardNormal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_pyro_normal(dtype):
+    base = StandardNormal(3, dtype=dtype)
+    reference = dist.Normal(torch.zeros(3, dtype=dtype), 1.0).to_event(1)
+    x = torch.randn(5, 4, 3, dtype=dtype)
+    torch.testing.assert_close(base.log_prob(x), reference.log_prob(x))
+    torch.testing.assert_close(base.entropy(), reference.entropy())
+    assert base.rsample((7, 2)).shape == (7, 2, 3) and base.rsample().dtype == dtype
+    assert base.event_shape == (3,) and base.batch_shape == ()
+    torch.testing.assert_close(base.mean, reference.mean)
+    torch.testing.assert_close(base.variance, reference.variance)
+
+
+def test_batch_shape_broadcasts_and_expands():
+    base = StandardNormal(2, batch_shape=(4,))
+    assert base.log_prob(torch.randn(2)).shape == (4,)
+    assert base.log_prob(torch.randn(6, 1, 2)).shape == (6, 4)
+    assert base.sample((3,)).shape == (3, 4, 2)
+    wide = base.expand((5, 4))
+    assert isinstance(wide, StandardNormal) and wide.batch_shape == (5, 4) and wide.sample().shape == (5, 4, 2)
+    samples = StandardNormal(2).sample((40000,))
+    assert samples.mean(0).abs().max() < 0.03 and (samples.var(0) - 1).abs().max() < 0.05
+
+
+def test_validation_and_errors():
+    with pyro.validation_enabled(True):
+        with pytest.raises(ValueError):
+            StandardNormal(2, validate_args=True).log_prob(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match="StandardNormal: dim must be a positive int"):
+        StandardNormal(0)
+
+
+def test_is_the_default_base_of_transformed():
+    model = nf.transformed(nf.build("realnvp", 2, num_layers=2).double())
+    assert isinstance(model.base_dist, StandardNormal) and model.base_dist.mean.dtype == torch.float64
+
+
+def test_flow_distribution_checks_cheaply_but_still_refuses_bad_values():
+    model = nf.transformed(nf.build("realnvp", 3, num_layers=2, hidden_dims=(8,)))
+    assert isinstance(model, nf.FlowDistribution) and isinstance(model, dist.TransformedDistribution)
+    with pyro.validation_enabled(True):
+        model = nf.transformed(nf.build("realnvp", 3, num_layers=2, hidden_dims=(8,)))
+        assert model.log_prob(torch.randn(4, 3)).shape == (4,)
+        assert model.log_prob(torch.randn(5, 1, 3)).shape == (5, 1)
+        x = torch.randn(4, 3)
+        x[1, 2] = float("nan")  # torch's `real` support excludes NaN only, not infinities
+        with pytest.raises(ValueError, match="support"):
+            model.log_prob(x)
+        huge = torch.full((2, 3), 3e38)  # finite values whose sum overflows: the full check accepts them
+        assert model.log_prob(huge).shape == (2,)
+        with pytest.raises(ValueError):
+            model.log_prob(torch.randn(4, 2))
+        base = nf.StandardNormal(3, validate_args=True)
+        with pytest.raises(ValueError, match="support"):
+            base.log_prob(torch.tensor([0.0, float("nan"), 1.0]))
+    positive = nf.transformed(nf.Flow([nf.transforms.Softplus(2)]))  # not R^D: the full check
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        positive.log_prob(torch.tensor([[1.0, -1.0]]))
