@@ -210,3 +210,27 @@ def test_deepcopy_and_pickle_drop_the_cache():
     x = torch.randn(5, 2)
     torch.testing.assert_close(nf.transformed(clone).log_prob(x), nf.transformed(flow).log_prob(x))
     torch.testing.assert_close(nf.transformed(restored).log_prob(x), nf.transformed(flow).log_prob(x))
+
+
+def test_replacing_a_parameter_or_submodule_invalidates_cache():
+    """The stamp's list of tensors is kept between calls; assigning a new parameter (or a new
+    conditioner) deep inside the layer must still make the cached pair stale."""
+    from pyro_nf.transforms import AffineAutoregressive
+
+    layer = AffineAutoregressive(3, hidden_dims=(8, 8), direction="iaf")
+    z = torch.randn(4, 3)
+    x = layer(z)
+    assert layer.inv(x) is z  # read from the cache
+    last = layer.conditioner.net[-1]
+    last.bias = torch.nn.Parameter(torch.randn_like(last.bias))
+    fresh = layer.inv(x)
+    assert fresh is not z
+    torch.testing.assert_close(layer(fresh), x)  # the sequential inverse under the new parameters
+    x2 = layer(z)
+    cached_ladj = layer.log_abs_det_jacobian(z, x2)
+    layer.conditioner = type(layer.conditioner)(3, (8, 8), 2)
+    with torch.no_grad():
+        layer.conditioner.net[-1].bias.normal_()
+    new_ladj = layer.log_abs_det_jacobian(z, x2)
+    torch.testing.assert_close(new_ladj, layer._ladj(z, x2))
+    assert not torch.allclose(new_ladj, cached_ladj)

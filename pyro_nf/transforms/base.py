@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import constraints
+from torch.nn.modules import module as _module_hooks
 
 
 class FlowTransform(TransformModule):
@@ -123,8 +124,19 @@ class FlowTransform(TransformModule):
     # ----------------------------------------------------------------- cache
     def _stamp(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
         versions = [torch.is_grad_enabled(), self.training, _version(x), _version(y)]
-        _collect_versions(self, versions)
+        versions.extend(map(_version, self._stamped_tensors()))
         return tuple(versions)
+
+    def _stamped_tensors(self) -> tuple:
+        # The parameters and buffers of this layer and its submodules, walked once and kept until some
+        # module anywhere registers a parameter, buffer or submodule (the walk was most of a stamp's cost)
+        kept = self.__dict__.get("_stamped")
+        if kept is None or kept[0] != _registrations[0]:
+            tensors: list = []
+            _collect_tensors(self, tensors)
+            kept = (_registrations[0], tuple(tensors))
+            self.__dict__["_stamped"] = kept
+        return kept[1]
 
     def _cache_lookup(self, x=None, y=None):
         # is_compiling() first: a compiled function must not read (and so guard on) the cache entry, or
@@ -153,6 +165,7 @@ class FlowTransform(TransformModule):
     def __getstate__(self):
         state = super().__getstate__()
         state["_cache_entry"] = None
+        state.pop("_stamped", None)
         return state
 
     # ----------------------------------------------------------------- checks and repr
@@ -191,17 +204,27 @@ class FlowTransform(TransformModule):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _collect_versions(module: torch.nn.Module, out: list) -> None:
+def _collect_tensors(module: torch.nn.Module, out: list) -> None:
     # A direct walk: Module.parameters() dedups through named_modules and costs ~10x more.
-    for t in module._parameters.values():
-        if t is not None:
-            out.append(_version(t))
-    for t in module._buffers.values():
-        if t is not None:
-            out.append(_version(t))
+    out.extend(t for t in module._parameters.values() if t is not None)
+    out.extend(t for t in module._buffers.values() if t is not None)
     for child in module._modules.values():
         if child is not None:
-            _collect_versions(child, out)
+            _collect_tensors(child, out)
+
+
+# How many parameters, buffers and submodules have been registered (by ``setattr`` or ``register_*``) on
+# any module of the process: a change tells every layer that its list of stamped tensors may be out of date.
+_registrations = [0]
+
+
+def _count_registration(*args):
+    _registrations[0] += 1
+
+
+_module_hooks.register_module_parameter_registration_hook(_count_registration)
+_module_hooks.register_module_buffer_registration_hook(_count_registration)
+_module_hooks.register_module_module_registration_hook(_count_registration)
 
 
 def _first_tensor(module: torch.nn.Module, kind: str, floating: bool = False):

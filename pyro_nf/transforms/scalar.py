@@ -72,10 +72,14 @@ class Affine(ScalarTransformer):
     def _log_scale(self, raw):
         return soft_clamp(raw, self.log_bound.exp())
 
+    # ``unbind``, not two ``select``s: its backward is one ``stack``, where each select's backward
+    # fills a zero tensor of the whole parameter shape
     def forward(self, x, params):
-        shift, log_scale = params[..., 0], self._log_scale(params[..., 1])
+        shift, raw = params.unbind(-1)
+        log_scale = self._log_scale(raw)
         return x * log_scale.exp() + shift, log_scale
 
     def inverse(self, y, params):
-        shift, log_scale = params[..., 0], self._log_scale(params[..., 1])
+        shift, raw = params.unbind(-1)
+        log_scale = self._log_scale(raw)
         return (y - shift) * torch.exp(-log_scale), log_scale
