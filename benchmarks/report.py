@@ -211,29 +211,32 @@ FINDINGS = """## Notes
 Profiled with `torch.profiler` (aten call counts and self times, one thread) and `cProfile`, and checked by
 switching the suspected part off:
 
-- **The stabilised affine scale** (RealNVP, MAF, IAF; mostly visible at D = 64 and in training steps).
-  pyro_nf's log-scale is `s = e^c tanh(r / e^c)` with a *learned* bound `c` per coordinate: per layer about
-  four more elementwise passes over the batch forward (exp, div, tanh, mul) and twice that backward,
-  including a batch reduction for the gradient of `c`, and one more parameter tensor per layer for Adam.
-  Replacing it by the raw `r` (and leaving `c` out of Adam) takes ~14% off a RealNVP D = 64 `log_prob` and
-  makes a training step 8% (MAF, D = 8), 10% (IAF, D = 2) and 20% (RealNVP, D = 64) faster: the size of
-  the ratios above 1 on the affine rows. normflows' plain `exp(s)` and Pyro's hard clamp are cheaper (and
-  let one step blow a scale up). The same clamp keeps about three more (batch, D) tensors per layer for
-  backward: saved tensors of one MAF D = 64 step are 14.3 MiB against 11.3 (Pyro), 11.8 (nflows), 10.5
-  (normflows), counted with `torch.autograd.graph.saved_tensors_hooks`: the cause of the memory ratios
-  above 1 on the MAF and IAF D = 64 rows. (Peaks under about 10 MiB move by 1-2 MiB from run to run, with
-  the allocator and page granularity, so the D = 2 and D = 8 memory ratios are at the noise level.)
+- **The stabilised affine scale** (RealNVP, MAF, IAF; the training-step rows most). pyro_nf's log-scale is
+  `s = e^c tanh(r / e^c)` with a *learned* bound `c` per coordinate (seed 002), computed as
+  `2b sigmoid(2r / b) - b`, `b = e^c`: per layer one more transcendental pass over the batch than the peers
+  (a sigmoid; on this CPU a sigmoid of 1024 x 64 floats costs 84 us, an exp 104 us, a tanh 296 us, a multiply
+  18 us), three more cheap elementwise passes forward and about six backward, including the batch reduction
+  for the gradient of `c`, and one more parameter tensor per layer for Adam. Swapping in Pyro's hard clamp
+  (`clamp(r, -5, 3)`, everything else unchanged) moves MAF against Pyro from 1.14 to 1.01 (training step,
+  D = 2), 1.11 to 0.90 (`log_prob`, D = 8) and 1.13 to 1.05 (training step, D = 64) in an interleaved run: the
+  clamp is the size of the ratios above 1 on the affine rows. A hand-written fused `autograd.Function` for
+  the whole affine transformer (one node, analytic backward) gained nothing measurable (1.14 / 1.11 / 1.13)
+  and was dropped. normflows' plain `exp(s)` and Pyro's hard clamp are cheaper, and let one step blow a scale
+  up (Pyro's also has zero gradient past the clamp). The same clamp keeps about three more (batch, D) tensors
+  per layer for backward: saved tensors of one MAF D = 64 step are 14.3 MiB against 11.3 (Pyro), 11.8
+  (nflows), 10.5 (normflows), counted with `torch.autograd.graph.saved_tensors_hooks`: the cause of the
+  memory ratios above 1 on the MAF and IAF D = 64 rows. (Peaks under about 10 MiB move by 1-2 MiB from run to
+  run, with the allocator and page granularity, so the D = 2 and D = 8 memory ratios are at the noise level.)
 - **Argument validation.** `TransformedDistribution.log_prob` checks its input (`validate_args` defaults to
   `__debug__` in torch.distributions: support check, `all`, and again in the base `Normal`): ~6% of a RealNVP
   D = 64 `log_prob`. Pyro's built-ins pay it too; zuko, nflows and normflows do not validate.
   `pyro.enable_validation(False)` removes it.
 - **The stamped cache.** Every cache store and lookup reads the version counters of the layer's parameters
-  and buffers and of `x` and `y` (about 10 us for a layer with a MADE conditioner), and every call checks its
-  input (3 us): 19 stamps and 14 checks in one IAF reverse-KL step, about 0.2 ms of 10-15 ms at D = 2 and
-  negligible at D = 64: the price of a cache that cannot go stale (table "training on one tensor object").
-  The IAF `sample` and reverse-KL rows (ratios 1.02-1.3 against Pyro) add it to the clamp above; zuko's
-  `rsample_and_log_prob` also skips the second walk through the layers that `TransformedDistribution`
-  makes to score its own sample.
+  and buffers and of `x` and `y`, and every call checks its input (3 us): 19 stamps and 14 checks in one IAF
+  reverse-KL step. Since change 6 below a stamp no longer walks the layer's submodules (it was 11% of a MAF
+  D = 8 `log_prob` under `cProfile`, now 4%): the price of a cache that cannot go stale (table "training on
+  one tensor object"). zuko's `rsample_and_log_prob` also skips the second walk through the layers that
+  `TransformedDistribution` makes to score its own sample (the IAF reverse-KL rows).
 - D = 2 rows are per-op overhead on 1024 x 2 inputs; ratios within about 10% of 1 there are at the noise level
   of a shared machine (compare the interquartile ranges).
 
@@ -258,8 +261,15 @@ and nsf_autoregressive at D = 2, 3, 8, 64; glow agrees to float rounding) and
 5. `transforms/spline.py`: the spline parameters are cut by one `split` instead of three slices (each slice's
    backward zero-fills a params-sized gradient): about 10% off a spline training step at D >= 8.
 
-Tried and reverted: `unbind` for the affine (shift, scale) pair; its backward (a stack into the interleaved
-layout) is slower than the two `select` backwards.
+6. `transforms/base.py`, the cache stamp: each layer keeps the list of its (and its submodules') parameters
+   and buffers, rebuilt only after a parameter, buffer or submodule is registered on any module of the
+   process (torch's global registration hooks bump a counter), instead of walking the submodules at every
+   store and lookup. `tests/test_layers.py` checks that replacing a parameter deep in the conditioner, or the
+   conditioner itself, still invalidates the cached pair.
+7. `transforms/scalar.py`, `Affine`: `unbind` instead of two `select`s for the (shift, scale) pair. In a
+   microbenchmark of the transformer's inverse with backward (40 interleaved repeats) it is 0.99x / 1.02x /
+   0.90x the time of the selects at D = 2 / 8 / 64 (the selects' backward zero-fills a params-sized gradient
+   each); an earlier, noisier measurement had it slower.
 
 ### torch.compile
 
