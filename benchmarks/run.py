@@ -1,8 +1,8 @@
 """Benchmarks of pyro_nf against Pyro's built-in transforms, zuko, nflows and normflows.
 
     python benchmarks/run.py            # full: under 15 minutes on 2 quiet CPU cores
-    python benchmarks/run.py --quick    # under 2 minutes
-    python benchmarks/run.py --smoke    # seconds: what tests/test_benchmarks.py runs
+    python benchmarks/run.py --quick    # under 2 minutes: what tests/test_benchmarks.py runs
+    python benchmarks/run.py --smoke    # seconds
     python benchmarks/run.py --device cuda --output /tmp/report.md
 
 Sections (``--sections``): speed (log_prob, training step, sample at D = 2, 8, 64, batch 1024, float32),

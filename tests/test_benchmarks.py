@@ -1,4 +1,5 @@
-"""Smoke test of the benchmark suite: ``benchmarks/run.py --smoke`` as a subprocess, into a temporary report.
+"""Smoke test of the benchmark suite: ``benchmarks/run.py --quick`` (D = 2 and 64, every architecture and
+peer, about two minutes) as a subprocess, into a temporary report.
 
 It checks that the pipeline runs end to end (every section, every installed peer, or a printed reason for
 a missing one) and that the report has the expected tables with finite numbers; it says nothing about
@@ -34,15 +35,15 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def test_smoke_report(tmp_path):
+def test_quick_report(tmp_path):
     report, raw = tmp_path / "report.md", tmp_path / "raw.json"
     before = README.read_bytes() if README.exists() else None
     done = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--threads", "1", "--output", str(report), "--json", str(raw)],
+        [sys.executable, str(RUN), "--quick", "--threads", "1", "--output", str(report), "--json", str(raw)],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert (README.read_bytes() if README.exists() else None) == before, "the smoke run rewrote benchmarks/README.md"
+    assert (README.read_bytes() if README.exists() else None) == before, "the test run rewrote benchmarks/README.md"
 
     text = report.read_text()
     for heading in HEADINGS:
@@ -59,7 +60,10 @@ def test_smoke_report(tmp_path):
         cells = row["cells"]
         if cells["pyro_nf"][0] == "ratio":
             assert _finite(row["pyro_nf_ms"]) and row["pyro_nf_ms"] > 0, row
-        assert cells["pyro_nf"][0] in ("ratio", "n/a"), (row["arch"], row["op"], cells["pyro_nf"])
+        # "skipped": a sequential direction above the mode's dimension limit, for every library alike
+        assert cells["pyro_nf"][0] in ("ratio", "n/a", "skipped"), (row["arch"], row["op"], cells["pyro_nf"])
+        if cells["pyro_nf"][0] == "skipped":
+            assert {kind for kind, _ in cells.values()} == {"skipped"}, row
         for kind, value in cells.values():  # a peer may fail (its error is reported), pyro_nf may not
             if kind == "ratio":
                 assert all(v is None or (_finite(v) and v > 0) for v in value), row
