@@ -54,6 +54,8 @@ class StandardNormal(TorchDistribution):
         # raise its error, which saves most of the cost of validation
         if self._validate_args and not (log_p.shape == value.shape[:-1] and torch.isfinite(log_p).all()):
             self._validate_sample(value)
+        if not self.batch_shape:  # torch.broadcast_shapes is Python code, slow enough to show here
+            return log_p
         return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
 
     def entropy(self) -> torch.Tensor:

@@ -34,6 +34,7 @@ from .transforms import (
     SplineCoupling,
 )
 from .transforms.autoregressive import default_hidden_dims
+from .transforms.base import FlowTransform
 from .transforms.elementwise import Softplus
 
 
@@ -70,6 +71,29 @@ class Flow(ComposeTransformModule):
                 dim = self.forward_shape(torch.Size([dim]))[-1]
         self.dim = dim
         self.name = name
+
+    def log_abs_det_jacobian(self, x, y):
+        total = self._ladj_from_layer_caches(x, y)
+        return total if total is not None else super().log_abs_det_jacobian(x, y)
+
+    def _ladj_from_layer_caches(self, x, y):
+        # ComposeTransform runs every layer forward again from x to find the intermediate points (free only
+        # through each layer's cache, one lookup per layer, then a second lookup for its log-det). When
+        # (x, y) is a pair that this flow just made, each pyro_nf layer's cache already holds its
+        # (input, output, log-det): walk back from y through them instead. Any gap (a layer of another
+        # library, a stale or missing entry, a pair that is not this chain's) leaves it to ComposeTransform.
+        if torch.compiler.is_compiling() or not self.parts:
+            return None
+        total, current = None, y
+        for part in reversed(self.parts):
+            if not isinstance(part, FlowTransform):
+                return None
+            entry = part._cache_lookup(y=current)
+            if entry is None:
+                return None
+            total = entry[2] if total is None else total + entry[2]
+            current = entry[0]
+        return total if current is x else None
 
     def base_dim(self) -> int:
         """Size of the base (latent) distribution's event."""
@@ -203,12 +227,12 @@ def _nice(dim, num_layers=4, hidden_dims=(64, 64), mask="half", activation="relu
 
 @register("realnvp", "RealNVP: affine coupling layers with alternating masks (Dinh et al., 2017)", min_dim=2)
 def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2.0, batch_norm=False,
-             activation="relu"):
+             activation="relu", learn_bound=False):
     _check_mask_kind("realnvp", mask)
     layers = []
     for i in range(num_layers):
         layers.append(AffineCoupling(dim, hidden_dims, coupling_mask(dim, mask, flip=i % 2 == 1),
-                                     scale_bound=scale_bound, activation=activation))
+                                     scale_bound=scale_bound, activation=activation, learn_bound=learn_bound))
         if batch_norm and i < num_layers - 1:
             layers.append(BatchNorm(dim))
     return layers
@@ -216,14 +240,14 @@ def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2
 
 @register("glow", "Glow: ActNorm -> invertible linear (LU) -> affine coupling (Kingma & Dhariwal, 2018)",
           min_dim=2)
-def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu"):
+def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", learn_bound=False):
     layers = []
     for i in range(num_layers):
         layers += [
             ActNorm(dim),
             InvertibleLinear(dim),
             AffineCoupling(dim, hidden_dims, coupling_mask(dim, flip=i % 2 == 1), scale_bound=scale_bound,
-                           activation=activation),
+                           activation=activation, learn_bound=learn_bound),
         ]
     return layers
 
@@ -235,17 +259,17 @@ def _alternating_order(dim: int, i: int) -> torch.Tensor:
 
 
 @register("maf", "MAF: affine autoregressive layers, density in one pass (Papamakarios et al., 2017)")
-def _maf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu"):
+def _maf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False):
     hidden_dims = hidden_dims or default_hidden_dims(dim)
-    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "maf", scale_bound, activation)
-            for i in range(num_layers)]
+    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "maf", scale_bound, activation,
+                                 learn_bound=learn_bound) for i in range(num_layers)]
 
 
 @register("iaf", "IAF: affine autoregressive layers, sampling in one pass (Kingma et al., 2016)")
-def _iaf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu"):
+def _iaf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False):
     hidden_dims = hidden_dims or default_hidden_dims(dim)
-    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "iaf", scale_bound, activation)
-            for i in range(num_layers)]
+    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "iaf", scale_bound, activation,
+                                 learn_bound=learn_bound) for i in range(num_layers)]
 
 
 @register("nsf_coupling", "Neural spline flow, coupling: rational-quadratic spline couplings (Durkan et al., 2019)",

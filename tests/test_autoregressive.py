@@ -48,7 +48,7 @@ class SlowMAF(torch.nn.Module):
 
     def params(self, x):
         rows = [self.first.expand(*x.shape[:-1], 2)] + [net(x[..., :i]) for i, net in enumerate(self.nets, 1)]
-        return torch.stack(rows, dim=-2)  # (..., D, 2)
+        return torch.stack(rows, dim=-1)  # (..., 2, D): the affine transformer's param-major layout
 
     def density_direction(self, x):
         """The oracle: a Python loop over coordinates."""
@@ -125,3 +125,12 @@ def test_spline_autoregressive_starts_at_identity():
 def test_wide_data_gets_wide_default_hidden_layers():
     flow = nf.build("maf", 100, num_layers=1)
     assert flow.parts[0].conditioner.hidden_dims == (200, 200)
+
+
+def test_a_made_of_the_wrong_layout_is_refused():
+    with pytest.raises(ValueError, match="AffineAutoregressive.*param_major=True"):
+        AffineAutoregressive(3, conditioner=MADE(3, (8, 8), 2))
+    layer = AffineAutoregressive(3, (8, 8))
+    layer.conditioner = MADE(3, (8, 8), 2)  # swapped in after construction
+    with pytest.raises(ValueError, match="param_major=True"):
+        layer.inv(torch.randn(4, 3))

@@ -67,3 +67,45 @@ def test_register_adds_an_architecture():
         assert nf.build("test-affine", 3, scale=False).parts[0].log_scale is None
     finally:
         nf.flows._ARCHITECTURES.pop("test-affine")
+
+
+def _perturbed(flow, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return flow
+
+
+@pytest.mark.parametrize("name", ["realnvp", "maf", "iaf", "glow", "nsf_coupling"])
+def test_flow_log_det_of_its_own_pair_reads_the_layer_caches(name):
+    flow = _perturbed(nf.build(name, 4, num_layers=3).double())
+    x = torch.randn(6, 4, dtype=torch.float64)
+    calls = []
+    for part in flow.parts:
+        for method in ("_forward_with_ladj", "_inverse_with_ladj", "_ladj"):
+            original = getattr(part, method)
+            setattr(part, method, lambda *a, _f=original, _m=method: calls.append(_m) or _f(*a))
+    z = flow.inv(x)
+    calls.clear()
+    fast = flow.log_abs_det_jacobian(z, x)
+    assert calls == []  # no layer ran again
+    reference = Flow.__mro__[1].log_abs_det_jacobian(flow, z, x)  # ComposeTransform's walk
+    torch.testing.assert_close(fast, reference)
+    # a parameter step makes the cached pairs stale: the flow falls back to recomputing, correctly
+    _perturbed(flow, seed=1)
+    for part in flow.parts:
+        part.clear_cache()
+    z2 = flow.inv(x)
+    with torch.no_grad():
+        next(flow.parameters()).add_(0.1)
+    calls.clear()
+    stale = flow.log_abs_det_jacobian(z2, x)
+    assert calls  # recomputed
+    for part in flow.parts:
+        part.clear_cache()
+    torch.testing.assert_close(stale, Flow.__mro__[1].log_abs_det_jacobian(flow, z2, x))
+    # a pair that is not this chain's is not taken from the caches either
+    other = torch.randn(6, 4, dtype=torch.float64)
+    torch.testing.assert_close(flow.log_abs_det_jacobian(other, flow(other)),
+                               Flow.__mro__[1].log_abs_det_jacobian(flow, other, flow(other)))

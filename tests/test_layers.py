@@ -66,12 +66,39 @@ def test_coupling_starts_as_identity_and_leaves_identity_part():
 
 def test_affine_scale_is_soft_clamped():
     transformer = Affine(3, scale_bound=1.5)
-    raw = torch.tensor([[[0.0, 100.0], [0.0, -100.0], [0.0, 0.1]]])
+    raw = torch.tensor([[[0.0, 0.0, 0.0], [100.0, -100.0, 0.1]]])  # (batch, [shift, raw scale], coordinate)
     _, log_scale = transformer(torch.zeros(1, 3), raw)
     assert log_scale.abs().max() <= 1.5 + 1e-6
     assert math.isclose(log_scale[0, 2].item(), 1.5 * math.tanh(0.1 / 1.5), rel_tol=1e-6)
     with pytest.raises(ValueError, match="scale_bound"):
         Affine(3, scale_bound=0.0)
+    with pytest.raises(ValueError, match="scale_bound"):
+        Affine(3, scale_bound=float("inf"))
+    assert not list(transformer.parameters())  # the default bound is fixed
+
+
+def test_affine_learned_bound_is_a_parameter_that_gets_gradients():
+    transformer = Affine(2, scale_bound=1.5, learn_bound=True)
+    assert [name for name, _ in transformer.named_parameters()] == ["log_bound"]
+    raw = torch.tensor([[[0.0, 0.0], [3.0, -0.2]]])
+    _, log_scale = transformer(torch.zeros(1, 2), raw)
+    torch.testing.assert_close(log_scale, 1.5 * torch.tanh(raw[..., 1, :] / 1.5))
+    log_scale.sum().backward()
+    assert transformer.log_bound.grad.abs().min() > 0
+    with torch.no_grad():
+        transformer.log_bound.fill_(math.log(4.0))
+    _, log_scale = transformer(torch.zeros(1, 2), raw)
+    torch.testing.assert_close(log_scale, 4.0 * torch.tanh(raw[..., 1, :] / 4.0))
+
+
+@pytest.mark.parametrize("bound", [0.5, 1.0, 2.0, 2.5, 50.0, 1e6])
+def test_soft_clamp_is_accurate_in_float32(bound):
+    raw = torch.linspace(-3 * bound, 3 * bound, 10001, dtype=torch.float64)
+    exact = bound * torch.tanh(raw / bound)
+    got = nf.nn.soft_clamp(raw.float(), bound).double()
+    # a few float32 ulps relative to the value, or absolute near 0 (the sigmoid form's error scales with the
+    # bound; wide bounds switch to tanh)
+    assert ((got - exact).abs() / exact.abs().clamp(min=1.0)).max() < 4e-7
 
 
 def test_custom_conditioner_is_used():
@@ -228,7 +255,7 @@ def test_replacing_a_parameter_or_submodule_invalidates_cache():
     torch.testing.assert_close(layer(fresh), x)  # the sequential inverse under the new parameters
     x2 = layer(z)
     cached_ladj = layer.log_abs_det_jacobian(z, x2)
-    layer.conditioner = type(layer.conditioner)(3, (8, 8), 2)
+    layer.conditioner = type(layer.conditioner)(3, (8, 8), 2, param_major=True)
     with torch.no_grad():
         layer.conditioner.net[-1].bias.normal_()
     new_ladj = layer.log_abs_det_jacobian(z, x2)

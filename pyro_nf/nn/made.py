@@ -37,7 +37,8 @@ class MaskedLinear(nn.Linear):
 class MADE(nn.Module):
     r"""Masked autoencoder for distribution estimation (Germain et al., 2015).
 
-    Maps ``x`` of shape ``(..., D)`` to parameters ``(..., D, params_per_dim)`` such that the
+    Maps ``x`` of shape ``(..., D)`` to parameters ``(..., D, params_per_dim)`` (or
+    ``(..., params_per_dim, D)`` with ``param_major=True``) such that the
     parameters of coordinate ``i`` depend only on the coordinates that come before ``i`` in
     ``order`` (and on the optional context, which every hidden unit sees). Hidden unit
     degrees cycle through ``1..D-1``; each hidden layer needs at least ``D - 1`` units so that
@@ -60,6 +61,7 @@ class MADE(nn.Module):
         order=None,
         activation="relu",
         zero_init: bool = True,
+        param_major: bool = False,
     ):
         super().__init__()
         if not isinstance(input_dim, int) or input_dim < 1:
@@ -80,6 +82,7 @@ class MADE(nn.Module):
             )
         self.input_dim, self.params_per_dim, self.context_dim = input_dim, params_per_dim, context_dim
         self.hidden_dims = hidden_dims
+        self.param_major = bool(param_major)
         order = check_order(order, input_dim, "MADE")
         self.register_buffer("order", order)
         in_degree = torch.empty(input_dim, dtype=torch.long)
@@ -93,7 +96,8 @@ class MADE(nn.Module):
             degree = torch.arange(size) % needed + low
             layers += [MaskedLinear((degree[:, None] >= previous[None, :]).float()), make_activation(activation)]
             previous = degree
-        out_degree = in_degree.repeat_interleave(params_per_dim)
+        # output unit k * D + i (param-major) or i * P + k carries parameter k of coordinate i
+        out_degree = in_degree.repeat(params_per_dim) if param_major else in_degree.repeat_interleave(params_per_dim)
         layers.append(MaskedLinear((out_degree[:, None] > previous[None, :]).float()))
         self.net = nn.Sequential(*layers)
         if zero_init:
@@ -107,7 +111,8 @@ class MADE(nn.Module):
                 raise ValueError(f"MADE: expected a context of shape (..., {self.context_dim}), got {got}")
             shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
             x = torch.cat([x.expand(*shape, -1), context.expand(*shape, -1)], dim=-1)
-        return self.net(x).unflatten(-1, (self.input_dim, self.params_per_dim))
+        shape = (self.params_per_dim, self.input_dim) if self.param_major else (self.input_dim, self.params_per_dim)
+        return self.net(x).unflatten(-1, shape)
 
     def extra_repr(self) -> str:
         return f"{self.input_dim} -> {self.hidden_dims} -> {self.input_dim} x {self.params_per_dim}"

@@ -34,8 +34,9 @@ def default_hidden_dims(input_dim: int) -> tuple[int, int]:
 
 class Autoregressive(FlowTransform):
     """Generic autoregressive layer: a ``transformer`` and a MADE ``conditioner`` mapping
-    ``(..., D)`` to ``(..., D, transformer.params_per_dim)`` (built from ``hidden_dims`` and
-    ``order`` when not given)."""
+    ``(..., D)`` to the transformer's parameters, ``(..., D, transformer.params_per_dim)``, or
+    ``(..., transformer.params_per_dim, D)`` when ``transformer.param_major`` (built from ``hidden_dims``
+    and ``order`` when not given)."""
 
     def __init__(
         self,
@@ -58,32 +59,44 @@ class Autoregressive(FlowTransform):
             hidden_dims = default_hidden_dims(input_dim) if hidden_dims is None else hidden_dims
             try:
                 conditioner = MADE(input_dim, hidden_dims, transformer.params_per_dim, order=order,
-                                   activation=activation)
+                                   activation=activation, param_major=transformer.param_major)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
         self.conditioner = conditioner
+        self._params(None, check_only=True)
+
+    def _params(self, x, check_only: bool = False):
+        conditioner = self.conditioner
+        # a MADE built for the other layout would silently pair the wrong outputs with the coordinates
+        if isinstance(conditioner, MADE) and conditioner.param_major != self.transformer.param_major:
+            raise ValueError(
+                f"{type(self).__name__}: its {type(self.transformer).__name__} transformer reads parameters "
+                f"{'param' if self.transformer.param_major else 'coordinate'}-major; build the MADE with "
+                f"param_major={self.transformer.param_major}"
+            )
+        return None if check_only else conditioner(x)
 
     def _forward_with_ladj(self, z):
         if self.direction == "iaf":
-            x, ladj = self.transformer(z, self.conditioner(z))
+            x, ladj = self.transformer(z, self._params(z))
             return x, ladj.sum(-1)
         # after k passes the first k coordinates (in the MADE order) are exact
         x = z
         for _ in range(self.input_dim):
-            x, ladj = self.transformer(z, self.conditioner(x))
+            x, ladj = self.transformer(z, self._params(x))
         return x, ladj.sum(-1)
 
     def _inverse_with_ladj(self, x):
         if self.direction == "maf":
-            z, ladj = self.transformer.inverse(x, self.conditioner(x))
+            z, ladj = self.transformer.inverse(x, self._params(x))
             return z, ladj.sum(-1)
         z = x
         for _ in range(self.input_dim):
-            z, ladj = self.transformer.inverse(x, self.conditioner(z))
+            z, ladj = self.transformer.inverse(x, self._params(z))
         return z, ladj.sum(-1)
 
     def _ladj(self, z, x):
-        params = self.conditioner(x if self.direction == "maf" else z)
+        params = self._params(x if self.direction == "maf" else z)
         return self.transformer(z, params)[1].sum(-1)
 
     def extra_repr(self):
@@ -100,13 +113,15 @@ class AffineAutoregressive(Autoregressive):
         \log|\det J| = \textstyle\sum_i s_i,
 
     with ``(t_i, s_i)`` from MADE on ``x_{<i}`` (MAF) or ``z_{<i}`` (IAF), the log-scale
-    soft-clamped as in the coupling layers.
+    soft-clamped, ``s = b tanh(r / b)`` with ``b = scale_bound`` (learned with ``learn_bound=True``; see
+    :class:`~pyro_nf.transforms.scalar.Affine`).
     """
 
     def __init__(self, input_dim: int, hidden_dims=None, order=None, direction: str = "maf",
-                 scale_bound: float = 2.0, activation="relu", conditioner=None, cache_size: int = 1):
-        super().__init__(input_dim, Affine(input_dim, scale_bound), hidden_dims, order, direction, activation,
-                         conditioner, cache_size)
+                 scale_bound: float = 2.0, activation="relu", conditioner=None, cache_size: int = 1,
+                 learn_bound: bool = False):
+        super().__init__(input_dim, Affine(input_dim, scale_bound, learn_bound), hidden_dims, order, direction,
+                         activation, conditioner, cache_size)
 
 
 class SplineAutoregressive(Autoregressive):

@@ -128,15 +128,21 @@ class FlowTransform(TransformModule):
         return tuple(versions)
 
     def _stamped_tensors(self) -> tuple:
-        # The parameters and buffers of this layer and its submodules, walked once and kept until some
-        # module anywhere registers a parameter, buffer or submodule (the walk was most of a stamp's cost)
+        return self._walked()[1]
+
+    def _walked(self) -> tuple:
+        # (registration count, the parameters and buffers of this layer and its submodules, the reference
+        # tensor of the input checks): walked once and kept until some module anywhere registers a
+        # parameter, buffer or submodule (the walks were most of a stamp's and a check's cost)
         kept = self.__dict__.get("_stamped")
         if kept is None or kept[0] != _registrations[0]:
             tensors: list = []
             _collect_tensors(self, tensors)
-            kept = (_registrations[0], tuple(tensors))
+            ref = _first_tensor(self, "_parameters")
+            ref = ref if ref is not None else _first_tensor(self, "_buffers", floating=True)
+            kept = (_registrations[0], tuple(tensors), ref)
             self.__dict__["_stamped"] = kept
-        return kept[1]
+        return kept
 
     def _cache_lookup(self, x=None, y=None):
         # is_compiling() first: a compiled function must not read (and so guard on) the cache entry, or
@@ -149,18 +155,19 @@ class FlowTransform(TransformModule):
         if (x is not None and x is not entry[0]) or (y is not None and y is not entry[1]):
             return None
         if entry[3] != self._stamp(entry[0], entry[1]):
-            self._cache_entry = None
+            self.__dict__["_cache_entry"] = None
             return None
         return entry
 
     def _cache_store(self, x, y, ladj):
         if self._cache_size == 0 or torch.compiler.is_compiling():
             return
-        self._cache_entry = (x, y, ladj, self._stamp(x, y))
+        # through __dict__: nn.Module.__setattr__ costs several microseconds, and this runs at every call
+        self.__dict__["_cache_entry"] = (x, y, ladj, self._stamp(x, y))
 
     def clear_cache(self) -> None:
         """Forget the cached ``(x, y)`` pair (it also holds the autograd graph that made it)."""
-        self._cache_entry = None
+        self.__dict__["_cache_entry"] = None
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -173,8 +180,10 @@ class FlowTransform(TransformModule):
         # The first parameter, else the first floating buffer, in Module.parameters() order. A direct walk:
         # parameters() goes through named_modules, whose memo hashes every module (slow, and a graph
         # break under torch.compile, since Pyro's TransformModule.__hash__ calls super().__hash__()).
-        ref = _first_tensor(self, "_parameters")
-        return ref if ref is not None else _first_tensor(self, "_buffers", floating=True)
+        if torch.compiler.is_compiling():
+            ref = _first_tensor(self, "_parameters")
+            return ref if ref is not None else _first_tensor(self, "_buffers", floating=True)
+        return self._walked()[2]
 
     def _check_input(self, value, size: int, what: str) -> None:
         name = type(self).__name__

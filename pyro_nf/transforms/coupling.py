@@ -25,7 +25,8 @@ from .scalar import Affine, ScalarTransformer, Shift
 class Coupling(FlowTransform):
     r"""Generic coupling layer: ``mask`` picks the transformed coordinates (``True``),
     ``transformer`` is a :class:`~pyro_nf.transforms.scalar.ScalarTransformer` and
-    ``conditioner`` maps ``(..., |A|)`` to ``(..., |B| * transformer.params_per_dim)``
+    ``conditioner`` maps ``(..., |A|)`` to ``(..., |B| * transformer.params_per_dim)``, read in the
+    transformer's layout (``(P, |B|)`` blocks when ``transformer.param_major``, else ``(|B|, P)``)
     (by default a zero-initialised :class:`~pyro_nf.nn.MLP`, so the layer starts as the
     identity).
     """
@@ -65,9 +66,9 @@ class Coupling(FlowTransform):
         return mask
 
     def _params(self, x_a):
-        n_b = self.transformed_index.numel()
+        n_b, per_dim = self.transformed_index.numel(), self.transformer.params_per_dim
         params = self.conditioner(x_a)
-        return params.unflatten(-1, (n_b, self.transformer.params_per_dim))
+        return params.unflatten(-1, (per_dim, n_b) if self.transformer.param_major else (n_b, per_dim))
 
     def _split(self, v):
         if self._blocks is not None:
@@ -109,14 +110,16 @@ class AffineCoupling(Coupling):
         y_B = x_B \odot e^{s(x_A)} + t(x_A),\qquad x_B = (y_B - t(y_A)) \odot e^{-s(y_A)},
         \qquad \log|\det J| = \sum_{i\in B} s_i(x_A),
 
-    with the log-scale soft-clamped as ``s = e^c tanh(r / e^c)`` (see
-    :class:`~pyro_nf.transforms.scalar.Affine`). ``mask=None`` transforms the second half.
+    with the log-scale soft-clamped as ``s = b tanh(r / b)``, ``b = scale_bound`` (learned with
+    ``learn_bound=True``; see :class:`~pyro_nf.transforms.scalar.Affine`). ``mask=None`` transforms the
+    second half.
     """
 
     def __init__(self, input_dim: int, hidden_dims=(64, 64), mask=None, scale_bound: float = 2.0,
-                 activation="relu", conditioner=None, cache_size: int = 1):
+                 activation="relu", conditioner=None, cache_size: int = 1, learn_bound: bool = False):
         mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "AffineCoupling")
-        super().__init__(mask, Affine(int(mask.sum()), scale_bound), conditioner, hidden_dims, activation, cache_size)
+        super().__init__(mask, Affine(int(mask.sum()), scale_bound, learn_bound), conditioner, hidden_dims,
+                         activation, cache_size)
 
 
 class AdditiveCoupling(Coupling):
