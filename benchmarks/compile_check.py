@@ -2,12 +2,12 @@
 
 Two ways to hold the flow, the same density:
 
-* ``nf.transformed(flow)``: a ``TransformedDistribution`` over the whole ``Flow`` (a ``ComposeTransform``).
-  Its ``log_abs_det_jacobian`` recomputes every intermediate by calling each layer forward, which is free
-  in eager mode (the layers' caches answer) but not under ``torch.compile``, where pyro_nf layers skip
-  their caches (``torch.compiler.is_compiling()``): MAF layers then take D sequential passes.
-* ``TransformedDistribution(base, list(flow.parts))``: the distribution walks the layers itself, calling
-  each layer's inverse and then its log-determinant (two conditioner passes per layer when compiled).
+* ``nf.transformed(flow)``: a ``FlowDistribution`` over the whole ``Flow``. Its ``log_prob`` asks each
+  layer once for its inverse and log-det together (``inverse_and_ladj``), so a compiled call runs each
+  conditioner once, as eager does (where the caches answer the rest).
+* ``TransformedDistribution(base, list(flow.parts))``: torch's generic walk over the layers, calling each
+  layer's inverse and then its log-determinant: two conditioner passes per layer when compiled, since the
+  layers' caches are off while compiling (``torch.compiler.is_compiling()``).
 
 ``torch._dynamo.explain`` counts graphs and graph breaks; eager (the usual ``nf.transformed(flow)``) and
 compiled ``log_prob`` (no gradients, a fresh tensor each call) are timed interleaved.

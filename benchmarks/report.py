@@ -196,10 +196,11 @@ COMPILE_TEXT = """## torch.compile (optional)
 `torch.compile(d.log_prob)` of a pyro_nf flow, D = 8, no gradients, default inductor backend, against eager
 `nf.transformed(flow).log_prob`; graphs and graph breaks from `torch._dynamo.explain`; speed-up = eager /
 compiled time, median over repeats; the first call includes compilation (or a hit in inductor's on-disk
-cache). `whole Flow`: `d = nf.transformed(flow)`, whose `ComposeTransform.log_abs_det_jacobian` re-runs
-every layer forward once the layers' caches are off (they are, while compiling): D sequential passes per
-MAF layer. `flow.parts`: `d = TransformedDistribution(base, list(flow.parts))`, the same density, two
-conditioner passes per layer when compiled (eager: one, from the cache).
+cache). `whole Flow`: `d = nf.transformed(flow)` (a `FlowDistribution`), whose `log_prob` asks each layer
+once for its inverse and log-det together: one conditioner pass per layer, compiled or not. `flow.parts`:
+`d = TransformedDistribution(base, list(flow.parts))`, torch's generic walk, the same density; it asks each
+layer for its inverse, then its log-det, two conditioner passes per layer when compiled (the layers' caches
+are off while compiling; eager: one, from the cache).
 
 """
 

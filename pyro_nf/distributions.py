@@ -8,6 +8,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from .transforms.base import FlowTransform
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -88,6 +90,35 @@ class FlowDistribution(dist.TransformedDistribution):
     a sum that overflows included, goes through the full check, with its usual error. Everything else is
     ``TransformedDistribution`` itself, which :func:`pyro_nf.transformed` returns this as.
     """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        r"""``log p(x) = log p_base(z) - sum_k ladj_k``, walking the layers from the data side.
+
+        When the transform is one chain of pyro_nf layers (a :class:`~pyro_nf.flows.Flow`) over a base with
+        one event dimension, each layer is asked once for its inverse *and* its log-det
+        (``inverse_and_ladj``, read from its cache for a pair it made): torch's generic walk asks the
+        composed transform for the inverse, then for the log-det, which looks every layer up again (and,
+        under ``torch.compile``, where the caches are off, runs every layer forward a second time). Any
+        other composition takes the generic walk.
+        """
+        parts = self._layer_chain()
+        if parts is None:
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        y, total = value, None
+        for part in reversed(parts):
+            y, ladj = part.inverse_and_ladj(y)
+            total = ladj if total is None else total + ladj
+        return self.base_dist.log_prob(y) - total
+
+    def _layer_chain(self):
+        if len(self.transforms) != 1 or len(self.base_dist.event_shape) != 1:
+            return None
+        parts = getattr(self.transforms[0], "parts", None)
+        if not parts or not all(isinstance(part, FlowTransform) for part in parts):
+            return None
+        return parts
 
     def _validate_sample(self, value: torch.Tensor) -> None:
         event = self.event_shape

@@ -91,13 +91,18 @@ class FlowTransform(TransformModule):
         return y
 
     def _inv_call(self, y):
+        return self.inverse_and_ladj(y)[0]
+
+    def inverse_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log_abs_det_jacobian(x, y))`` for ``x = inv(y)``, through the cache: the density direction
+        and its log-det in one call (what :class:`~pyro_nf.distributions.FlowDistribution` walks)."""
         self._check_input(y, self.codomain_dim, "inverse input")
         entry = self._cache_lookup(y=y)
         if entry is not None:
-            return entry[0]
+            return entry[0], entry[2]
         x, ladj = self._inverse_with_ladj(y)
         self._cache_store(x, y, ladj)
-        return x
+        return x, ladj
 
     def log_abs_det_jacobian(self, x, y):
         entry = self._cache_lookup(x=x, y=y)
