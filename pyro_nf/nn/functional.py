@@ -24,16 +24,16 @@ def soft_clamp(raw: torch.Tensor, bound) -> torch.Tensor:
     # bound 2 (the affine layers' default) needs no rescale
     squashed = torch.sigmoid(raw if bound == 2 else raw * (2 / bound))
     # one kernel, -b + 2b sigmoid, where `squashed * (2 * bound) - bound` runs two
-    return torch.add(_scalar(-bound), squashed, alpha=2 * bound)
+    return torch.add(_scalar(-bound, squashed.dtype), squashed, alpha=2 * bound)
 
 
 _SCALARS: dict = {}
 
 
-def _scalar(value: float) -> torch.Tensor:
-    """A cached 0-d CPU tensor: usable as a scalar operand on any device and, being 0-d, it takes the
-    dtype of the other operand."""
-    tensor = _SCALARS.get(value)
+def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A cached 0-d CPU tensor of ``dtype`` (no cast at each use): a scalar operand on any device."""
+    key = (value, dtype)
+    tensor = _SCALARS.get(key)
     if tensor is None:
-        tensor = _SCALARS[value] = torch.tensor(value, dtype=torch.float64)
+        tensor = _SCALARS[key] = torch.tensor(value, dtype=dtype)
     return tensor
