@@ -227,12 +227,13 @@ def _nice(dim, num_layers=4, hidden_dims=(64, 64), mask="half", activation="relu
 
 @register("realnvp", "RealNVP: affine coupling layers with alternating masks (Dinh et al., 2017)", min_dim=2)
 def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2.0, batch_norm=False,
-             activation="relu", learn_bound=False):
+             activation="relu", learn_bound=False, shift="latent"):
     _check_mask_kind("realnvp", mask)
     layers = []
     for i in range(num_layers):
         layers.append(AffineCoupling(dim, hidden_dims, coupling_mask(dim, mask, flip=i % 2 == 1),
-                                     scale_bound=scale_bound, activation=activation, learn_bound=learn_bound))
+                                     scale_bound=scale_bound, activation=activation, learn_bound=learn_bound,
+                                     shift=shift))
         if batch_norm and i < num_layers - 1:
             layers.append(BatchNorm(dim))
     return layers
@@ -240,14 +241,15 @@ def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2
 
 @register("glow", "Glow: ActNorm -> invertible linear (LU) -> affine coupling (Kingma & Dhariwal, 2018)",
           min_dim=2)
-def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", learn_bound=False):
+def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", learn_bound=False,
+          shift="latent"):
     layers = []
     for i in range(num_layers):
         layers += [
             ActNorm(dim),
             InvertibleLinear(dim),
             AffineCoupling(dim, hidden_dims, coupling_mask(dim, flip=i % 2 == 1), scale_bound=scale_bound,
-                           activation=activation, learn_bound=learn_bound),
+                           activation=activation, learn_bound=learn_bound, shift=shift),
         ]
     return layers
 
@@ -259,17 +261,19 @@ def _alternating_order(dim: int, i: int) -> torch.Tensor:
 
 
 @register("maf", "MAF: affine autoregressive layers, density in one pass (Papamakarios et al., 2017)")
-def _maf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False):
+def _maf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False,
+         shift=None):
     hidden_dims = hidden_dims or default_hidden_dims(dim)
     return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "maf", scale_bound, activation,
-                                 learn_bound=learn_bound) for i in range(num_layers)]
+                                 learn_bound=learn_bound, shift=shift) for i in range(num_layers)]
 
 
 @register("iaf", "IAF: affine autoregressive layers, sampling in one pass (Kingma et al., 2016)")
-def _iaf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False):
+def _iaf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False,
+         shift=None):
     hidden_dims = hidden_dims or default_hidden_dims(dim)
     return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "iaf", scale_bound, activation,
-                                 learn_bound=learn_bound) for i in range(num_layers)]
+                                 learn_bound=learn_bound, shift=shift) for i in range(num_layers)]
 
 
 @register("nsf_coupling", "Neural spline flow, coupling: rational-quadratic spline couplings (Durkan et al., 2019)",

@@ -69,7 +69,8 @@ class Case:
 def _layer_cases() -> list[Case]:
     return [
         Case("AffineCoupling", lambda d: AffineCoupling(d, HIDDEN), min_dim=2),
-        Case("AffineCoupling-alternate", lambda d: AffineCoupling(d, HIDDEN, mask=nf.nn.coupling_mask(d, "alternate")),
+        Case("AffineCoupling-alternate", lambda d: AffineCoupling(d, HIDDEN, mask=nf.nn.coupling_mask(d, "alternate"),
+                                                                  shift="data"),
              min_dim=2),
         Case("AdditiveCoupling", lambda d: AdditiveCoupling(d, HIDDEN, mask=nf.nn.coupling_mask(d, flip=True)),
              min_dim=2),

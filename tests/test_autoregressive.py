@@ -50,18 +50,20 @@ class SlowMAF(torch.nn.Module):
         rows = [self.first.expand(*x.shape[:-1], 2)] + [net(x[..., :i]) for i, net in enumerate(self.nets, 1)]
         return torch.stack(rows, dim=-1)  # (..., 2, D): the affine transformer's param-major layout
 
-    def density_direction(self, x):
-        """The oracle: a Python loop over coordinates."""
+    def density_direction(self, x, shift="data"):
+        """The oracle: a Python loop over coordinates (seed 000's ``(x - t) e^{-s}``, or ``x e^{-s} - t``
+        with the shift on the latent side)."""
         zs, ladj = [], 0.0
         for i in range(self.dim):
             first = self.first if i == 0 else self.nets[i - 1](x[..., :i])
             t, s = first[..., 0], first[..., 1]
-            zs.append((x[..., i] - t) * torch.exp(-s))
+            zs.append((x[..., i] - t) * torch.exp(-s) if shift == "data" else x[..., i] * torch.exp(-s) - t)
             ladj = ladj + s
         return torch.stack(zs, -1), ladj
 
 
-def test_maf_agrees_with_the_slow_maf_oracle():
+@pytest.mark.parametrize("shift", ["data", "latent"])
+def test_maf_agrees_with_the_slow_maf_oracle(shift):
     torch.manual_seed(0)
     dim = 4
     oracle = SlowMAF(dim).double()
@@ -75,10 +77,12 @@ def test_maf_agrees_with_the_slow_maf_oracle():
             return self.oracle.params(x)
 
     # a huge scale bound makes the soft clamp numerically the identity, as SlowMAF has none
-    layer = AffineAutoregressive(dim, conditioner=Conditioner(), scale_bound=1e6).double()
+    layer = AffineAutoregressive(dim, conditioner=Conditioner(), scale_bound=1e6, shift=shift).double()
+    assert AffineAutoregressive(dim).transformer.shift == "latent"  # MAF's default
+    assert AffineAutoregressive(dim, direction="iaf").transformer.shift == "data"  # IAF's
     x = torch.randn(10, dim, dtype=torch.float64)
     z_fast = layer.inv(x)
-    z_slow, ladj_slow = oracle.density_direction(x)
+    z_slow, ladj_slow = oracle.density_direction(x, shift)
     torch.testing.assert_close(z_fast, z_slow)
     torch.testing.assert_close(layer.log_abs_det_jacobian(z_fast, x), ladj_slow)
     torch.testing.assert_close(layer(z_slow.clone()), x)  # sequential sampling inverts it

@@ -77,6 +77,21 @@ def test_affine_scale_is_soft_clamped():
     assert not list(transformer.parameters())  # the default bound is fixed
 
 
+@pytest.mark.parametrize("shift", ["data", "latent"])
+def test_affine_shift_sides(shift):
+    transformer = Affine(2, shift=shift)
+    x = torch.tensor([[1.0, -2.0]])
+    params = torch.tensor([[[0.5, -1.0], [0.3, 0.0]]])  # (batch, [shift, raw scale], coordinate)
+    y, log_scale = transformer(x, params)
+    t, s = params[0, 0], 2 * torch.tanh(params[0, 1] / 2)
+    expected = x * s.exp() + t if shift == "data" else (x + t) * s.exp()
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(transformer.inverse(y, params)[0], x)
+    torch.testing.assert_close(log_scale, s.expand(1, 2))
+    with pytest.raises(ValueError, match="AffineCoupling: Affine: shift must be one of"):
+        AffineCoupling(4, shift="middle")
+
+
 def test_affine_learned_bound_is_a_parameter_that_gets_gradients():
     transformer = Affine(2, scale_bound=1.5, learn_bound=True)
     assert [name for name, _ in transformer.named_parameters()] == ["log_bound"]

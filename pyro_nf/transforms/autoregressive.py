@@ -106,22 +106,29 @@ class Autoregressive(FlowTransform):
 
 
 class AffineAutoregressive(Autoregressive):
-    r"""Affine autoregressive layer, MAF or IAF by ``direction``:
+    r"""Affine autoregressive layer, MAF or IAF by ``direction``. With ``(t_i, s_i)`` from MADE on
+    ``x_{<i}`` (MAF) or ``z_{<i}`` (IAF) and the log-scale soft-clamped, ``s = b tanh(r / b)`` with
+    ``b = scale_bound`` (learned with ``learn_bound=True``):
 
     .. math::
-        x_i = z_i\,e^{s_i} + t_i,\qquad z_i = (x_i - t_i)\,e^{-s_i},\qquad
-        \log|\det J| = \textstyle\sum_i s_i,
+        \text{MAF:}\quad z_i = x_i\,e^{-s_i} - t_i,\quad x_i = (z_i + t_i)\,e^{s_i};\qquad
+        \text{IAF:}\quad x_i = z_i\,e^{s_i} + t_i,\quad z_i = (x_i - t_i)\,e^{-s_i};\qquad
+        \log|\det J| = \textstyle\sum_i s_i.
 
-    with ``(t_i, s_i)`` from MADE on ``x_{<i}`` (MAF) or ``z_{<i}`` (IAF), the log-scale
-    soft-clamped, ``s = b tanh(r / b)`` with ``b = scale_bound`` (learned with ``learn_bound=True``; see
-    :class:`~pyro_nf.transforms.scalar.Affine`).
+    The shift comes last in the layer's one-pass direction, the direction it is trained in (MAF:
+    density, scored by the base; IAF: sampling, scored by the target), which conditions training better
+    (see :class:`~pyro_nf.transforms.scalar.Affine`); ``shift="data"`` / ``"latent"`` overrides it.
     """
 
     def __init__(self, input_dim: int, hidden_dims=None, order=None, direction: str = "maf",
                  scale_bound: float = 2.0, activation="relu", conditioner=None, cache_size: int = 1,
-                 learn_bound: bool = False):
-        super().__init__(input_dim, Affine(input_dim, scale_bound, learn_bound), hidden_dims, order, direction,
-                         activation, conditioner, cache_size)
+                 learn_bound: bool = False, shift: str | None = None):
+        shift = shift if shift is not None else ("latent" if direction == "maf" else "data")
+        try:
+            transformer = Affine(input_dim, scale_bound, learn_bound, shift)
+        except ValueError as error:
+            raise ValueError(f"AffineAutoregressive: {error}") from None
+        super().__init__(input_dim, transformer, hidden_dims, order, direction, activation, conditioner, cache_size)
 
 
 class SplineAutoregressive(Autoregressive):
