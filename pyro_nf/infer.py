@@ -491,8 +491,10 @@ class AutoFlow(AutoContinuous):
     with ``f = nf.build(flow, latent_dim, **options)`` (any name in ``nf.names()``; ``options`` are that
     architecture's, e.g. ``num_layers``, ``hidden_dims``) followed by a learned elementwise affine layer
     (``AffineConstant``) that starts at ``loc`` = the ``init_loc_fn`` values (default: the prior median)
-    and ``scale = init_scale`` (default 0.1). The whole chain is ``guide.flow`` (a :class:`~pyro_nf.Flow`),
-    built on the first call, on the device and in the dtype of the model's latent values.
+    and ``scale = init_scale`` (default 0.1). Affine architectures get ``shift="data"`` unless ``options``
+    say otherwise: a guide's samples are what the ELBO scores, so the shift goes last in the sampling
+    direction (see :class:`~pyro_nf.transforms.scalar.Affine`). The whole chain is ``guide.flow`` (a
+    :class:`~pyro_nf.Flow`), built on the first call, on the device and in the dtype of the model's latent values.
 
     It works wherever a Pyro autoguide does: ``SVI``, ``Predictive``, the param store (the flow's
     parameters are registered as ``AutoFlow.flow$$$...`` through ``pyro.module``, as Pyro registers any
@@ -524,6 +526,8 @@ class AutoFlow(AutoContinuous):
         _check_positive_int("AutoFlow", num_quantile_samples=num_quantile_samples)
         self._flow_name = flow
         self._flow_options = dict(options)
+        if "shift" in flow_options(flow):
+            self._flow_options.setdefault("shift", "data")
         self._init_scale = float(init_scale)
         self.num_quantile_samples = num_quantile_samples
         super().__init__(model, init_loc_fn=init_loc_fn)

@@ -161,3 +161,16 @@ def test_every_architecture_serves_as_an_autoguide(flow):
                                                                      max_plate_nesting=0))
     assert all(torch.isfinite(torch.tensor(svi.step())) for _ in range(2))
     assert guide.median()["y"].shape == (3,)
+
+
+def test_affine_architectures_put_the_shift_on_the_sampled_side():
+    pyro.clear_param_store()
+    for flow, expected in (("realnvp", "data"), ("maf", "data"), ("iaf", "data")):
+        guide = infer.AutoFlow(conjugate_model, flow, num_layers=2)
+        _fit(guide, steps=1)
+        assert {part.transformer.shift for part in guide.flow.parts[:-1]} == {expected}
+        pyro.clear_param_store()
+    guide = infer.AutoFlow(conjugate_model, "realnvp", num_layers=2, shift="latent")  # an explicit choice stays
+    _fit(guide, steps=1)
+    assert {part.transformer.shift for part in guide.flow.parts[:-1]} == {"latent"}
+    pyro.clear_param_store()
