@@ -209,35 +209,31 @@ FINDINGS = """## Notes
 
 ### Where pyro_nf is slower or heavier (ratios above 1), and why
 
-Profiled with `torch.profiler` (aten call counts and self times, one thread) and `cProfile`, and checked by
-switching the suspected part off:
+Profiled with `torch.profiler` (aten call counts and self times, one thread), `cProfile`, and by switching
+the suspected part off; `python benchmarks/micro.py` reproduces the microbenchmarks quoted here.
 
-- **The stabilised affine scale** (RealNVP, MAF, IAF; the training-step rows most). pyro_nf's log-scale is
-  `s = e^c tanh(r / e^c)` with a *learned* bound `c` per coordinate (seed 002), computed as
-  `2b sigmoid(2r / b) - b`, `b = e^c`: per layer one more transcendental pass over the batch than the peers
-  (a sigmoid; on this CPU a sigmoid of 1024 x 64 floats costs 84 us, an exp 104 us, a tanh 296 us, a multiply
-  18 us), three more cheap elementwise passes forward and about six backward, including the batch reduction
-  for the gradient of `c`, and one more parameter tensor per layer for Adam. Swapping in Pyro's hard clamp
-  (`clamp(r, -5, 3)`, everything else unchanged) moves MAF against Pyro from 1.14 to 1.01 (training step,
-  D = 2), 1.11 to 0.90 (`log_prob`, D = 8) and 1.13 to 1.05 (training step, D = 64) in an interleaved run: the
-  clamp is the size of the ratios above 1 on the affine rows. A hand-written fused `autograd.Function` for
-  the whole affine transformer (one node, analytic backward) gained nothing measurable (1.14 / 1.11 / 1.13)
-  and was dropped. normflows' plain `exp(s)` and Pyro's hard clamp are cheaper, and let one step blow a scale
-  up (Pyro's also has zero gradient past the clamp). The same clamp keeps about three more (batch, D) tensors
-  per layer for backward: saved tensors of one MAF D = 64 step are 14.3 MiB against 11.3 (Pyro), 11.8
-  (nflows), 10.5 (normflows), counted with `torch.autograd.graph.saved_tensors_hooks`: the cause of the
-  memory ratios above 1 on the MAF and IAF D = 64 rows. (Peaks under about 10 MiB move by 1-2 MiB from run to
-  run, with the allocator and page granularity, so the D = 2 and D = 8 memory ratios are at the noise level.)
+- **The affine rows (RealNVP, MAF, IAF) are at parity.** Before changes 8-12 below they were 1.1-1.26x the
+  fastest peer. What is left above 1.0 in the tables is 1-6%, inside the interquartile ranges and
+  the run-to-run spread (the same cell moves by 5-10% between runs on this shared machine). The one
+  structural cost left is the stabilised log-scale, `s = b tanh(r / b)` (seed 002), which normflows (plain
+  `exp(s)`) does not pay: a sigmoid pass and a fused affine pass per layer and direction (`python
+  benchmarks/micro.py`: at D = 64, clamp + exp forward and backward 257 us against 399 us for no clamp at all
+  and 475 us for Pyro's hard clamp, per 1024 x 64). It is what keeps one step from blowing a scale up, with
+  a gradient that never dies.
 - **Argument validation.** `TransformedDistribution.log_prob` checks its input (`validate_args` defaults to
-  `__debug__` in torch.distributions: support check, `all`, and again in the base `Normal`): ~6% of a RealNVP
-  D = 64 `log_prob`. Pyro's built-ins pay it too; zuko, nflows and normflows do not validate.
+  `__debug__` in torch.distributions). `FlowDistribution` checks with one sum instead of the full support
+  test; Pyro's built-ins pay the full check, zuko, nflows and normflows do not validate.
   `pyro.enable_validation(False)` removes it.
 - **The stamped cache.** Every cache store and lookup reads the version counters of the layer's parameters
-  and buffers and of `x` and `y`, and every call checks its input (3 us): 19 stamps and 14 checks in one IAF
-  reverse-KL step. Since change 6 below a stamp no longer walks the layer's submodules (it was 11% of a MAF
-  D = 8 `log_prob` under `cProfile`, now 4%): the price of a cache that cannot go stale (table "training on
-  one tensor object"). zuko's `rsample_and_log_prob` also skips the second walk through the layers that
-  `TransformedDistribution` makes to score its own sample (the IAF reverse-KL rows).
+  and buffers and of `x` and `y`: the price of a cache that cannot go stale (table "training on one tensor
+  object"). Since changes 6 and 11 a stamp is a tuple of integers read from a kept list, and each layer is
+  looked up once per `log_prob`.
+- **Memory.** Saved tensors of one MAF D = 64 training step (`torch.autograd.graph.saved_tensors_hooks`,
+  unique storages): pyro_nf 11.8 MiB (14.3 before change 8), Pyro 11.3, nflows 11.8, normflows 10.5, zuko
+  13.7; RealNVP D = 64: pyro_nf 9.6, Pyro 10.6, nflows 8.6, normflows 12.6, zuko 11.6. The clamp's sigmoid
+  output is the one (batch, D) tensor per layer that normflows does not keep. Process peaks under about
+  10 MiB move by 1-2 MiB from run to run (allocator, page granularity), so D = 2 and D = 8 memory ratios are
+  at the noise level.
 - D = 2 rows are per-op overhead on 1024 x 2 inputs; ratios within about 10% of 1 there are at the noise level
   of a shared machine (compare the interquartile ranges).
 
@@ -267,23 +263,56 @@ and nsf_autoregressive at D = 2, 3, 8, 64; glow agrees to float rounding) and
    process (torch's global registration hooks bump a counter), instead of walking the submodules at every
    store and lookup. `tests/test_layers.py` checks that replacing a parameter deep in the conditioner, or the
    conditioner itself, still invalidates the cached pair.
-7. `transforms/scalar.py`, `Affine`: `unbind` instead of two `select`s for the (shift, scale) pair. In a
-   microbenchmark of the transformer's inverse with backward (40 interleaved repeats) it is 0.99x / 1.02x /
-   0.90x the time of the selects at D = 2 / 8 / 64 (the selects' backward zero-fills a params-sized gradient
-   each); an earlier, noisier measurement had it slower.
+7. `transforms/scalar.py`, `Affine`: `unbind` instead of two `select`s for the (shift, scale) pair (each
+   select's backward zero-fills a params-sized gradient).
+8. `transforms/scalar.py`, `Affine`: the clamp's bound is fixed by default (`learn_bound=True` keeps the
+   learned one). The learned bound's backward reduces over the batch and Adam carries one more tensor per
+   layer: clamp + exp forward and backward, D = 64, 718 us learned against 504 us fixed (`micro.py`), and
+   at equal steps it fitted no better (two moons and digits, seeds 0-3).
+9. `nn/functional.py`, `soft_clamp`: `-b + 2b sigmoid(2r / b)` as one `torch.add` with a cached 0-d scalar
+   and `alpha`, not a multiply and a subtract (257 against 309 us, D = 64, forward and backward); above
+   b = 2 it keeps `b tanh(r / b)`, whose rounding does not grow with the bound.
+10. `nn/made.py`, `transforms/coupling.py`, `transforms/scalar.py`: the affine transformer reads its parameters
+    param-major, `(..., 2, D)`, so shift and log-scale are contiguous blocks. From `(..., D, 2)` the backward
+    of the split is an interleaving `stack`: 258 us against 20 us at D = 64 (13x), once per layer per step.
+    The spline keeps the coordinate-major layout it computes in; MADE and the coupling layer lay their
+    outputs out as the transformer asks (`param_major`), and a MADE of the wrong layout is refused.
+11. `distributions.py`, `flows.py`: `FlowDistribution.log_prob` asks each layer once for its inverse and
+    log-det (`inverse_and_ladj`, from the cache for a pair the layer made); torch's generic walk asks the
+    `ComposeTransform` for the inverse, then for the log-det, which runs every layer forward again (free only
+    through a second cache lookup per layer) and, under `torch.compile` where the caches are off, really
+    runs them: the compiled whole-flow `log_prob` went from 0.3-0.75x to 1.5-2.4x eager. `Flow`'s own
+    `log_abs_det_jacobian` walks back through the layer caches too, for a plain `TransformedDistribution`.
+12. `transforms/base.py`, `distributions.py`: Python overhead on the cache path: the cache entry is written
+    through `__dict__` (`nn.Module.__setattr__` costs microseconds), the input check's reference tensor is
+    kept with the stamped tensors, and `StandardNormal.log_prob` skips `torch.broadcast_shapes` (Python code)
+    when it has no batch shape.
+
+### A change for quality: which side the affine shift acts on
+
+`Affine(shift=...)`: `"data"`, `y = x e^s + t`, or `"latent"`, `y = (x + t) e^s`, i.e. `x = y e^{-s} - t`.
+The same family, differently conditioned: the shift should come last in the direction whose output is
+scored. Maximum likelihood scores the latent: with `x = (y - t) e^{-s}` a step on `t` moves the scored
+output `e^{-s}` times as far as with `x = y e^{-s} - t`, and `e^{-s}` is large for exactly the narrow
+coordinates (digits' near-constant pixels) that need large scales. Held-out NLL at 300 steps, lr 1e-3, batch
+256 (seeds 0-2; moons seeds 0-3), data side -> latent side: digits MAF 4.46 -> 2.17, digits RealNVP 5.46 ->
+3.27, two moons RealNVP 1.08 -> 0.74, checkerboard RealNVP 2.509 -> 2.488, eight Gaussians RealNVP 2.585 ->
+2.514 (zuko, whose affine is `z = x e^a + b` in its density direction, had digits MAF 3.63 and two moons
+RealNVP 0.55 over the same seeds). Reverse KL scores the sample, and there the data side is better for IAF
+(U2 / U3 0.36 / 0.59 against 0.40 / 0.63 nats, seeds 0-2) and for RealNVP on U2 (0.55 against 1.01, seeds
+0-1). So coupling layers and MAF default to `"latent"`, IAF to `"data"`, and `AutoFlow` passes
+`shift="data"` (a guide's samples are what the ELBO scores). Measured with one-off scripts patching the
+transformer; the quality table above is the check at the defaults.
 
 ### torch.compile
 
-A whole bijective flow's `log_prob` (realnvp, maf, nsf_coupling, nsf_autoregressive) now compiles into one
-graph without breaks; planar still breaks in its Newton loop (a data-dependent stopping test). It gains
-little: compiled, the layers skip their caches, so (a) `nf.transformed(flow)` goes through
-`ComposeTransform.log_abs_det_jacobian`, which re-runs every layer forward (free in eager mode thanks to the
-caches; D sequential passes per MAF layer when compiled: slower than eager), and (b) even over
-`flow.parts` each layer runs its conditioner twice (inverse, then log-det) where eager runs it once, which
-eats the gain from fused elementwise kernels (about 0.9-1.1x at D = 8 on CPU). Fixing it is outside
-`transforms/`: `nf.transformed` could build its distribution over `flow.parts`, and a cache that works
-inside one compiled call (storing without reading a stale entry) would bring the conditioner back to one
-pass.
+A whole bijective flow's `log_prob` (realnvp, maf, nsf_coupling, nsf_autoregressive) compiles into one
+graph without breaks; planar still breaks in its Newton loop (a data-dependent stopping test). Through
+`nf.transformed(flow)` the compiled `log_prob` runs one conditioner pass per layer (change 11) and is
+1.5-2.4x faster than eager at D = 8 on this CPU (table above). Over `flow.parts` with torch's generic
+`TransformedDistribution` it runs two passes per layer (inverse, then log-det: the layers' caches are off
+while compiling, or compiled code would guard on them and recompile after every eager call), so it gains
+less.
 
 ### The peers, as met while matching architectures
 
