@@ -97,9 +97,11 @@ def _short(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0][:100]
 
 
-def run_density(datasets: dict, archs, libraries, steps: dict, batch: int, lr: float, seed: int = 0,
-                device="cpu", log=print) -> dict:
-    """``datasets``: name -> (train, test). Returns {(dataset, arch, library): (kind, value)}."""
+def run_density(datasets: dict, archs, libraries, steps: dict, batch: int, lr: float, seeds=(0,),
+                device="cpu", log=print, per_seed: dict | None = None) -> dict:
+    """``datasets``: name -> (train, test). Returns {(dataset, arch, library): (kind, value)}, the value the
+    mean over ``seeds`` (each seed: its own initialisation and batches); with ``per_seed`` given, the
+    per-seed values land there under the same keys."""
     out = {}
     for name, (train, test) in datasets.items():
         train, test = train.to(device), test.to(device)
@@ -107,20 +109,26 @@ def run_density(datasets: dict, archs, libraries, steps: dict, batch: int, lr: f
         n_steps = steps["digits"] if name == "digits" else steps["toy"]
         for arch in archs:
             for lib in libraries:
-                start = time.perf_counter()
+                start, values = time.perf_counter(), []
                 try:
-                    model = build(lib, arch, dim, device=device, seed=seed)
-                    torch.manual_seed(seed)
-                    fit_density(model, train, n_steps, batch, lr, seed)
-                    value = test_nll(model, test)
+                    for seed in seeds:
+                        model = build(lib, arch, dim, device=device, seed=seed)
+                        torch.manual_seed(seed)
+                        fit_density(model, train, n_steps, batch, lr, seed)
+                        values.append(test_nll(model, test))
+                    value = sum(values) / len(values)
                     out[(name, arch, lib)] = ("ok", value) if _finite(value) else ("error", "non-finite NLL")
                 except NotAvailable as reason:
                     out[(name, arch, lib)] = ("n/a", str(reason))
                 except Exception as error:  # noqa: BLE001 - a failed fit is a result
                     out[(name, arch, lib)] = ("error", _short(error))
+                if per_seed is not None and out[(name, arch, lib)][0] == "ok":
+                    per_seed[(name, arch, lib)] = values
                 kind, value = out[(name, arch, lib)]
                 shown = f"{value:.3f}" if kind == "ok" else kind
-                log(f"  {name:12s} {arch:18s} {lib:10s} NLL {shown:>9s}  ({time.perf_counter() - start:.1f}s)")
+                seeds_text = f" over {len(seeds)} seeds" if len(seeds) > 1 else ""
+                log(f"  {name:12s} {arch:18s} {lib:10s} NLL {shown:>9s}{seeds_text}  "
+                    f"({time.perf_counter() - start:.1f}s)")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 from adapters import LIBRARIES, TRAIN_KIND, architecture_table
 
@@ -102,14 +103,20 @@ def same_tensor_table(results: dict, archs, libraries) -> str:
     return _table(["architecture", *libraries], rows)
 
 
-def quality_table(results: dict, groups, archs, libraries, notes: Footnotes, label: str) -> str:
+def quality_table(results: dict, groups, archs, libraries, notes: Footnotes, label: str,
+                  per_seed: dict | None = None) -> str:
+    """Cells: the value, or with several seeds ``mean ± sd`` (sample standard deviation over seeds)."""
     rows = []
     for group in groups:
         for arch in archs:
             cells = []
             for lib in libraries:
                 kind, value = results.get((group, arch, lib), ("n/a", "not run"))
-                cells.append(f"{value:.3f}" if kind == "ok" else notes.cell(kind, value))
+                values = (per_seed or {}).get((group, arch, lib), [])
+                if kind == "ok" and len(values) > 1:
+                    cells.append(f"{value:.3f} ± {statistics.stdev(values):.3f}")
+                else:
+                    cells.append(f"{value:.3f}" if kind == "ok" else notes.cell(kind, value))
             rows.append([group, arch, *cells])
     return _table([label, "architecture", *libraries], rows)
 

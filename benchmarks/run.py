@@ -37,7 +37,7 @@ MODES = {
     "smoke": dict(
         dims=(2,), archs=adapters.ARCHS, repeats=3, min_time=0.002, budget=0.3,
         memory_dims=(2,), memory_archs=("realnvp", "iaf"), memory_reps=1,
-        toy_sets=("moons",), toy_archs=("realnvp",), digits_archs=("realnvp",),
+        toy_sets=("moons",), toy_archs=("realnvp",), digits_archs=("realnvp",), toy_seeds=(0,),
         steps={"toy": 20, "digits": 10}, n_train=2000, n_test=1000,
         kl_targets=("U1",), kl_archs=("planar", "iaf"), kl_steps=20, kl_samples=2000,
         compile=False, compile_archs=(), sequential_max_dim=64,
@@ -45,7 +45,7 @@ MODES = {
     "quick": dict(
         dims=(2, 64), archs=adapters.ARCHS, repeats=3, min_time=0.003, budget=0.4,
         memory_dims=(64,), memory_archs=adapters.ARCHS, memory_reps=1,
-        toy_sets=("moons",), toy_archs=("realnvp", "nsf_coupling"), digits_archs=("realnvp",),
+        toy_sets=("moons",), toy_archs=("realnvp", "nsf_coupling"), digits_archs=("realnvp",), toy_seeds=(0,),
         steps={"toy": 100, "digits": 60}, n_train=10000, n_test=5000,
         kl_targets=("U1",), kl_archs=("planar", "iaf"), kl_steps=100, kl_samples=5000,
         compile=False, compile_archs=("realnvp",), sequential_max_dim=8,
@@ -55,7 +55,7 @@ MODES = {
         memory_dims=(2, 8, 64), memory_archs=adapters.ARCHS, memory_reps=1,
         toy_sets=("moons", "8gaussians", "checkerboard"), toy_archs=("realnvp", "nsf_coupling"),
         digits_archs=("realnvp", "maf", "nsf_autoregressive"), steps={"toy": 300, "digits": 300},
-        n_train=20000, n_test=10000,
+        n_train=20000, n_test=10000, toy_seeds=(0, 1, 2),
         kl_targets=("U1", "U2", "U3", "U4"), kl_archs=("planar", "iaf"), kl_steps=300, kl_samples=20000,
         compile=True, compile_archs=("realnvp", "maf"), sequential_max_dim=64,
     ),
@@ -186,8 +186,9 @@ def main(argv=None) -> int:
         import quality
 
         data = {name: quality.toy_data(name, cfg["n_train"], cfg["n_test"]) for name in cfg["toy_sets"]}
+        toy_per_seed: dict = {}
         density = quality.run_density(data, cfg["toy_archs"], libraries, cfg["steps"], batch=256, lr=1e-3,
-                                      device=device)
+                                      seeds=cfg["toy_seeds"], device=device, per_seed=toy_per_seed)
         digits_text = ""
         try:
             digits = {"digits": quality.digits_data()}
@@ -200,18 +201,23 @@ def main(argv=None) -> int:
         kl = quality.run_reverse_kl(cfg["kl_targets"], cfg["kl_archs"], libraries, cfg["kl_steps"], batch=256,
                                     lr=1e-3, num_samples=cfg["kl_samples"], device=device)
         raw["quality"] = [[*k, *v] for k, v in {**density, **digits_results, **kl}.items()]
+        raw["quality_toy_seeds"] = [[*k, values] for k, values in toy_per_seed.items()]
+        n_seeds = len(cfg["toy_seeds"])
+        seeds_text = (f"mean ± sd over seeds {', '.join(map(str, cfg['toy_seeds']))} (each its own initialisation "
+                      "and batches), " if n_seeds > 1 else "")
         text = ("## Quality at equal budget\n\nEvery library gets the same data, seed, Adam learning rate 1e-3, "
                 f"batch 256 and number of steps. Held-out negative log-likelihood in nats per example (lower is "
                 f"better): 2D toy sets from `pyro_nf.datasets` ({cfg['n_train']} training / {cfg['n_test']} test "
-                f"points, {cfg['steps']['toy']} steps), and scikit-learn's digits (1797 8x8 images, 64-D, "
-                "dequantised with uniform noise, divided by 17, standardised with the training split's overall "
-                "mean and std; "
+                f"points, {cfg['steps']['toy']} steps, {seeds_text}one data set), and scikit-learn's digits "
+                "(one seed; 1797 8x8 images, 64-D, dequantised with uniform noise, divided by 17, standardised "
+                "with the training split's overall mean and std; "
                 f"80/20 split; {cfg['steps']['digits']} steps; NLL in the standardised space).\n\n"
-                + report.quality_table(density, cfg["toy_sets"], cfg["toy_archs"], libraries, notes, "data set")
+                + report.quality_table(density, cfg["toy_sets"], cfg["toy_archs"], libraries, notes, "data set",
+                                       toy_per_seed)
                 + ("\n" + report.quality_table(digits_results, ["digits"], cfg["digits_archs"], libraries, notes,
                                                "data set").split("\n", 2)[2] if digits else digits_text)
                 + f"\n\nReverse KL(q || p) in nats (lower is better; 0 is exact) to the energies of Rezende & Mohamed "
-                f"(`pyro_nf.targets`, log Z by quadrature), {cfg['kl_steps']} steps of the reparameterised "
+                f"(`pyro_nf.targets`, log Z by quadrature), one seed, {cfg['kl_steps']} steps of the reparameterised "
                 "reverse-KL loss with the target annealed from beta = 0.01 to 1 over the first half, estimated "
                 f"from {cfg['kl_samples']} samples of each trained guide.\n\n"
                 + report.quality_table(kl, cfg["kl_targets"], cfg["kl_archs"], libraries, notes, "target"))
