@@ -219,14 +219,16 @@ FINDINGS = """## Notes
 Profiled with `torch.profiler` (aten call counts and self times, one thread), `cProfile`, and by switching
 the suspected part off; `python benchmarks/micro.py` reproduces the microbenchmarks quoted here.
 
-- **The affine rows (RealNVP, MAF, IAF) are at parity.** Before changes 8-12 below they were 1.1-1.26x the
-  fastest peer. What is left above 1.0 in the tables is 1-6%, inside the interquartile ranges and
-  the run-to-run spread (the same cell moves by 5-10% between runs on this shared machine). The one
-  structural cost left is the stabilised log-scale, `s = b tanh(r / b)` (seed 002), which normflows (plain
-  `exp(s)`) does not pay: a sigmoid pass and a fused affine pass per layer and direction (`python
-  benchmarks/micro.py`: at D = 64, clamp + exp forward and backward 257 us against 399 us for no clamp at all
-  and 475 us for Pyro's hard clamp, per 1024 x 64). It is what keeps one step from blowing a scale up, with
-  a gradient that never dies.
+- **The affine rows (RealNVP, MAF, IAF) are at parity.** Before changes 8-12 below they were up to 1.26x
+  the fastest peer. What is left above 1.0 in the tables is 1-10%, inside the interquartile ranges and
+  the run-to-run spread (the same cell moves by 5-10% between runs on this shared machine; in interleaved
+  reruns of the IAF D = 64 training step against Pyro it read 0.97, 1.02 and 1.03). The one structural
+  cost left is the stabilised log-scale, `s = b tanh(r / b)` (seed 002), which normflows (plain `exp(s)`)
+  does not pay: one sigmoid pass and one fused affine pass per layer and direction. `python
+  benchmarks/micro.py`, D = 64, clamp then `x e^s`, forward and backward, median of 15 interleaved rounds
+  (two runs): no clamp 280-292 us, Pyro's hard clamp 502-514, pyro_nf's soft clamp 441-444 (one kernel;
+  two kernels 468-473, `tanh` 664, the former learned bound 718-750), zuko's softsign 670-705. The soft clamp
+  keeps one step from blowing a scale up, with a gradient that never dies.
 - **Argument validation.** `TransformedDistribution.log_prob` checks its input (`validate_args` defaults to
   `__debug__` in torch.distributions). `FlowDistribution` checks with one sum instead of the full support
   test; Pyro's built-ins pay the full check, zuko, nflows and normflows do not validate.
@@ -274,16 +276,17 @@ and nsf_autoregressive at D = 2, 3, 8, 64; glow agrees to float rounding) and
    select's backward zero-fills a params-sized gradient).
 8. `transforms/scalar.py`, `Affine`: the clamp's bound is fixed by default (`learn_bound=True` keeps the
    learned one). The learned bound's backward reduces over the batch and Adam carries one more tensor per
-   layer: clamp + exp forward and backward, D = 64, 718 us learned against 504 us fixed (`micro.py`), and
-   at equal steps it fitted no better (two moons and digits, seeds 0-3).
+   layer: clamp + exp forward and backward, D = 64, 718-750 us learned against 441-444 us fixed
+   (`micro.py`), and at equal steps it fitted no better (two moons and digits, seeds 0-3).
 9. `nn/functional.py`, `soft_clamp`: `-b + 2b sigmoid(2r / b)` as one `torch.add` with a cached 0-d scalar
-   and `alpha`, not a multiply and a subtract (257 against 309 us, D = 64, forward and backward); above
-   b = 2 it keeps `b tanh(r / b)`, whose rounding does not grow with the bound.
+   and `alpha`, not a multiply and a subtract (441-444 against 468-473 us, as above); above b = 2 it keeps
+   `b tanh(r / b)`, whose rounding error does not grow with the bound (tested to 4e-7 relative in float32).
 10. `nn/made.py`, `transforms/coupling.py`, `transforms/scalar.py`: the affine transformer reads its parameters
     param-major, `(..., 2, D)`, so shift and log-scale are contiguous blocks. From `(..., D, 2)` the backward
-    of the split is an interleaving `stack`: 258 us against 20 us at D = 64 (13x), once per layer per step.
-    The spline keeps the coordinate-major layout it computes in; MADE and the coupling layer lay their
-    outputs out as the transformer asks (`param_major`), and a MADE of the wrong layout is refused.
+    of the split is an interleaving `stack` (alone, 258 us against 20 us for stacking two 1024 x 64 blocks;
+    `micro.py`'s split plus backward, D = 64: 252-286 against 162-174 us), once per layer per step. The
+    spline keeps the coordinate-major layout it computes in; MADE and the coupling layer lay their outputs
+    out as the transformer asks (`param_major`), and a MADE of the wrong layout is refused.
 11. `distributions.py`, `flows.py`: `FlowDistribution.log_prob` asks each layer once for its inverse and
     log-det (`inverse_and_ladj`, from the cache for a pair the layer made); torch's generic walk asks the
     `ComposeTransform` for the inverse, then for the log-det, which runs every layer forward again (free only
@@ -334,10 +337,15 @@ less.
 - zuko: the spline's default bound is 5 (3 is passed here); no planar layer.
 - nflows: MADE has the natural order only (a `ReversePermutation` sits between layers); the spline coupling
   warns unless the conditioner declares `hidden_features`; no planar layer.
-- Quality numbers come from one seed at a short budget: differences of a few tenths of a nat are within the
-  seed-to-seed spread (300 steps, seeds 0-3: planar on U1, pyro_nf 0.94-1.77, Pyro 1.23-2.44, normflows
-  1.22-1.58 nats of reverse KL; nsf_coupling on moons, seeds 0-2, pyro_nf -0.26 to -0.21, zuko -0.31 to
-  -0.21, Pyro -0.17 to -0.05 nats of test NLL). Digits are standardised with one mean and std for all pixels:
+- Quality at a short budget is noisy. The toy-set cells are means over three seeds with their standard
+  deviation; digits and reverse KL are one seed (three would push the full run past 15 minutes). Measured
+  spreads at 300 steps (seeds 0-2 unless said): planar on U2, pyro_nf 1.42 / 1.41 / 1.67 nats of reverse
+  KL, and with normflows' wider initial `u`, `w` (uniform on +-sqrt(2), +-sqrt(2 / D)) 0.75 / 1.04 / 1.75,
+  on U4 1.42 / 1.52 / 1.63 against 0.94 / 2.02 / 1.68 (so normflows' single-seed planar lead is partly its
+  draw; the wider init helps early on U2 and U3 but was worse at the 10000-step default of `fit_target` on
+  U3 and U4, so it was not adopted); IAF on U1 pyro_nf 0.20 / 0.15 / 0.57, zuko 0.20 / 0.21 / 0.25; two
+  moons RealNVP (seeds 0-5, 10000 training points) pyro_nf 0.73 / 0.55 / 0.86 / 0.83 / 1.15 / 0.71, zuko
+  0.84 / 0.44 / 1.35 / 0.16 / 0.20 / 0.30. Digits are standardised with one mean and std for all pixels:
   per-pixel scaling makes pixels that are blank in every training image but not in some test image land
   tens of standard deviations out, and every flow's test NLL explodes.
 """
