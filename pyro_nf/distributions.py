@@ -8,8 +8,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
-from .transforms.base import FlowTransform
-
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -81,52 +79,70 @@ def _is_real_vector(constraint) -> bool:
 
 
 class FlowDistribution(dist.TransformedDistribution):
-    r"""Pyro's ``TransformedDistribution`` with a cheaper check of the values it scores.
+    r"""Pyro's ``TransformedDistribution`` whose transform walks itself, with a cheaper check of the values
+    it scores.
 
-    With validation on (Pyro's default), ``log_prob(x)`` first checks that every element of ``x`` lies in
-    the support: for a flow onto ``R^D`` that is a handful of elementwise passes and a row-wise reduction,
-    as much as a cheap layer costs. Here ``x`` is accepted when its shape fits and the *sum* of its
-    elements is finite (one pass; a NaN or an infinity anywhere makes it NaN or infinite); anything else,
-    a sum that overflows included, goes through the full check, with its usual error. Everything else is
-    ``TransformedDistribution`` itself, which :func:`pyro_nf.transformed` returns this as.
+    When the transform is one pyro_nf :class:`~pyro_nf.Flow` or layer over a base with one event dimension,
+    ``log_prob`` asks it once for the inverse *and* the log-det of the whole chain (``inverse_and_ladj``):
+    torch's generic walk asks for the inverse, then for the log-det, which runs or looks up every layer
+    twice. A value that the flow itself just made (by ``rsample``/``sample``) is read from the flow's
+    record, under the guard of :mod:`pyro_nf.base`; any other value is computed, never cached.
+
+    With validation on (Pyro's default), ``x`` is accepted when its shape fits and the *sum* of its
+    elements is finite (one pass; a NaN or an infinity anywhere makes it NaN or infinite); anything else
+    gets an error that names the shape, how many rows are bad and the first of them.
     """
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        r"""``log p(x) = log p_base(z) - sum_k ladj_k``, walking the layers from the data side.
-
-        When the transform is one chain of pyro_nf layers (a :class:`~pyro_nf.flows.Flow`) over a base with
-        one event dimension, each layer is asked once for its inverse *and* its log-det
-        (``inverse_and_ladj``, read from its cache for a pair it made): torch's generic walk asks the
-        composed transform for the inverse, then for the log-det, which looks every layer up again (and,
-        under ``torch.compile``, where the caches are off, runs every layer forward a second time). Any
-        other composition takes the generic walk.
-        """
-        parts = self._layer_chain()
-        if parts is None:
+        r"""``log p(x) = log p_base(z) - log|det dx/dz|`` with ``z = inv(x)``."""
+        transform = self._walker()
+        if transform is None:
             return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
-        y, total = value, None
-        for part in reversed(parts):
-            y, ladj = part.inverse_and_ladj(y)
-            total = ladj if total is None else total + ladj
-        return self.base_dist.log_prob(y) - total
+        z, ladj = transform.inverse_and_ladj(value)
+        return self.base_dist.log_prob(z) - ladj
 
-    def _layer_chain(self):
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""A reparameterised sample and its log density in one walk: no record is read or made, and nothing
+        is synchronised with the device (what a training loop of its own wants)."""
+        z = self.base_dist.rsample(torch.Size(sample_shape))
+        transform = self._walker()
+        if transform is None:
+            x = self.rsample(sample_shape)
+            return x, self.log_prob(x)
+        x, ladj = transform.forward_and_ladj(z)
+        return x, self.base_dist.log_prob(z) - ladj
+
+    def _walker(self):
         if len(self.transforms) != 1 or len(self.base_dist.event_shape) != 1:
             return None
-        parts = getattr(self.transforms[0], "parts", None)
-        if not parts or not all(isinstance(part, FlowTransform) for part in parts):
-            return None
-        return parts
+        transform = self.transforms[0]
+        return transform if hasattr(transform, "inverse_and_ladj") and hasattr(transform, "forward_and_ladj") \
+            else None
 
     def _validate_sample(self, value: torch.Tensor) -> None:
         event = self.event_shape
-        if (isinstance(value, torch.Tensor) and _is_real_vector(self.support) and value.dim() >= len(event)
-                and value.shape[value.dim() - len(event):] == event
-                and _broadcasts(value.shape, self.batch_shape + event) and torch.isfinite(value.sum())):
-            return
-        super()._validate_sample(value)
+        if not isinstance(value, torch.Tensor) or not _is_real_vector(self.support):
+            return super()._validate_sample(value)
+        if torch.jit.is_tracing():
+            return None  # a value check would turn a traced tensor into a Python bool (TracerWarning)
+        if value.dim() < len(event) or value.shape[value.dim() - len(event):] != event \
+                or not _broadcasts(value.shape, self.batch_shape + event):
+            raise ValueError(f"{type(self).__name__}: expected a value of shape (..., {', '.join(map(str, event))}) "
+                             f"broadcastable with batch shape {tuple(self.batch_shape)}, got {tuple(value.shape)}")
+        if torch.isfinite(value.sum()):
+            return None
+        bad = ~torch.isfinite(value).reshape(-1, event.numel()).all(-1)
+        count = int(bad.sum())
+        if count == 0:  # the sum overflowed, every value is finite
+            return None
+        first = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"{type(self).__name__}: log_prob got non-finite values (NaN or infinity) in {count} of {bad.numel()} "
+            f"rows of a value of shape {tuple(value.shape)} (first flattened rows: {first}); the support is "
+            f"{self.support}"
+        )
 
 
 def _broadcasts(actual, expected) -> bool:

@@ -7,18 +7,14 @@ Every architecture returns a :class:`Flow`, a ``ComposeTransformModule`` ready f
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyro.distributions as dist
 import torch
-from pyro.distributions.torch_transform import ComposeTransformModule
-from torch.distributions import constraints
 
-from .distributions import FlowDistribution, StandardNormal
+from .compose import Flow, is_positive, log_prob_estimate, transformed
 from .nn import COUPLING_MASKS, check_hidden_dims, coupling_mask
-from .stochastic import AnnealedEnergy, Langevin, Metropolis
+from .stochastic import AnnealedEnergy, Langevin, Metropolis, standard_normal_energy
 from .surjections import Abs, Augment
 from .transforms import (
     ActNorm,
@@ -34,115 +30,7 @@ from .transforms import (
     SplineCoupling,
 )
 from .transforms.autoregressive import default_hidden_dims
-from .transforms.base import FlowTransform
 from .transforms.elementwise import Softplus
-
-
-def is_positive(constraint) -> bool:
-    """Whether a constraint restricts values to (a product of) the positive half-line."""
-    while isinstance(constraint, constraints.independent):
-        constraint = constraint.base_constraint
-    bound = getattr(constraint, "lower_bound", None)
-    return isinstance(constraint, (constraints.greater_than, constraints.greater_than_eq)) and bound is not None \
-        and float(bound) >= 0
-
-
-class Flow(ComposeTransformModule):
-    """A chain of layers, sampling direction first to last. Prints as a chain, one layer a line.
-
-    Composition is checked: a layer whose input must be positive (such as
-    :class:`~pyro_nf.surjections.Abs`) must follow a layer whose output is positive (such as
-    :class:`~pyro_nf.transforms.Softplus`), or the model would not integrate to one.
-    """
-
-    def __init__(self, parts, dim: int | None = None, name: str | None = None):
-        parts = list(parts)
-        for i, part in enumerate(parts[1:], 1):
-            if is_positive(part.domain) and not is_positive(parts[i - 1].codomain):
-                raise ValueError(
-                    f"Flow: {type(part).__name__} (layer {i}) needs positive inputs but {type(parts[i - 1]).__name__} "
-                    "(layer {}) can output any real value, so the model would integrate to less than one; "
-                    "put a layer onto the positive orthant before it (e.g. pyro_nf.transforms.Softplus)".format(i - 1)
-                )
-        super().__init__(parts)
-        if dim is None:
-            dim = getattr(self.parts[0], "domain_dim", None)
-            if dim is not None:
-                dim = self.forward_shape(torch.Size([dim]))[-1]
-        self.dim = dim
-        self.name = name
-
-    def log_abs_det_jacobian(self, x, y):
-        total = self._ladj_from_layer_caches(x, y)
-        return total if total is not None else super().log_abs_det_jacobian(x, y)
-
-    def _ladj_from_layer_caches(self, x, y):
-        # ComposeTransform runs every layer forward again from x to find the intermediate points (free only
-        # through each layer's cache, one lookup per layer, then a second lookup for its log-det). When
-        # (x, y) is a pair that this flow just made, each pyro_nf layer's cache already holds its
-        # (input, output, log-det): walk back from y through them instead. Any gap (a layer of another
-        # library, a stale or missing entry, a pair that is not this chain's) leaves it to ComposeTransform.
-        if torch.compiler.is_compiling() or not self.parts:
-            return None
-        total, current = None, y
-        for part in reversed(self.parts):
-            if not isinstance(part, FlowTransform):
-                return None
-            entry = part._cache_lookup(y=current)
-            if entry is None:
-                return None
-            total = entry[2] if total is None else total + entry[2]
-            current = entry[0]
-        return total if current is x else None
-
-    def base_dim(self) -> int:
-        """Size of the base (latent) distribution's event."""
-        return self.inverse_shape(torch.Size([self.dim]))[-1]
-
-    def __repr__(self) -> str:
-        named = f"name={self.name!r}, " if self.name else ""
-        lines = [f"Flow({named}dim={self.dim}, layers={len(self.parts)})", f"  ( Normal(0, I_{self.base_dim()}) )"]
-        for part in self.parts:
-            lines += ["    ↓", f"  {part!r}"]
-        return "\n".join(lines)
-
-
-def transformed(flow, base: dist.Distribution | None = None) -> dist.TransformedDistribution:
-    """``TransformedDistribution(base, flow)`` (a :class:`~pyro_nf.distributions.FlowDistribution`, whose
-    input check is cheaper); the default base is a :class:`~pyro_nf.distributions.StandardNormal` of the
-    flow's base size, on the device and dtype of the flow's parameters."""
-    first = flow.parts[0] if isinstance(flow, ComposeTransformModule) and flow.parts else flow
-    if base is None and is_positive(first.domain):
-        raise ValueError(
-            f"transformed: the flow starts with {type(first).__name__}, whose input must be positive, but the "
-            "default standard normal base is not: the model would integrate to 1/2^D. Start the flow with a "
-            "layer onto the positive orthant (e.g. pyro_nf.transforms.Softplus) or pass a positive base"
-        )
-    if base is not None and is_positive(first.domain) and not is_positive(base.support):
-        raise ValueError(f"transformed: {type(first).__name__} needs a base on the positive orthant, "
-                         f"got support {base.support}")
-    if base is None:
-        # parameters first, then floating buffers (a flow of Metropolis layers has only buffers)
-        floating = (t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point())
-        ref = next(floating, None)
-        device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
-        size = flow.base_dim() if isinstance(flow, Flow) else getattr(flow, "domain_dim", flow.input_dim)
-        base = StandardNormal(size, device=device, dtype=dtype)
-    return FlowDistribution(base, flow)
-
-
-@torch.no_grad()
-def log_prob_estimate(model, x: torch.Tensor, num_samples: int = 16) -> torch.Tensor:
-    """``log p(x)`` estimated as ``log mean_k exp(log_prob_k(x))`` over ``num_samples`` random
-    paths drawn in one batched call. For bijective flows every path gives the exact value;
-    with :class:`~pyro_nf.surjections.Augment` or stochastic layers each ``log_prob`` is a
-    one-path estimate whose exponential is unbiased for ``p(x)``, and more paths tighten the
-    lower bound. (Scoring the same tensor twice would reuse its cached path, hence the batch.)
-    """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"log_prob_estimate: num_samples must be a positive int, got {num_samples!r}")
-    paths = model.log_prob(x.expand(num_samples, *x.shape).clone())
-    return torch.logsumexp(paths, dim=0) - math.log(num_samples)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -328,7 +216,7 @@ def _snf(dim, num_layers=4, hidden_dims=(64, 64), energy=None, kernel="metropoli
     for i in range(num_layers):
         layers += _realnvp(dim, 2, hidden_dims)
         beta = (i + 1) / num_layers
-        target = energy if energy is not None else (lambda x: 0.5 * (x * x).sum(-1))
+        target = energy if energy is not None else standard_normal_energy
         layers.append(kernels[kernel](dim, AnnealedEnergy(target, beta), n_steps=n_steps, step_size=step_size))
     return layers
 

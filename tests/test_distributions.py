@@ -78,7 +78,7 @@ def test_flow_distribution_walks_each_layer_once_and_agrees_with_torch(name):
             p.add_(0.2 * torch.randn_like(p))
     model = nf.transformed(flow)
     reference = dist.TransformedDistribution(model.base_dist, flow)  # torch's generic walk
-    x = torch.randn(5, 3, dtype=torch.float64)
+    x = torch.randn(32, 3, dtype=torch.float64)  # ActNorm initialises from at least 16 points
     inverses = []
     for part in flow.parts:
         original = part._inverse_with_ladj

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.distributions import ComposeTransform
 
 import pyro_nf as nf
 from pyro_nf.flows import Flow
@@ -14,8 +15,8 @@ def test_names_and_default_builds():
             flow = nf.build(name, dim)
             assert isinstance(flow, Flow) and flow.dim == dim
             assert flow.base_dim() == flow.inverse_shape(torch.Size([dim]))[-1] >= dim
-            x = torch.randn(7, dim)
-            assert nf.transformed(flow).log_prob(x).shape == (7,)
+            x = torch.randn(32, dim)  # ActNorm (glow) initialises from at least 16 points
+            assert nf.transformed(flow).log_prob(x).shape == (32,)
 
 
 def test_shared_options():
@@ -78,9 +79,9 @@ def _perturbed(flow, seed=0):
 
 
 @pytest.mark.parametrize("name", ["realnvp", "maf", "iaf", "glow", "nsf_coupling"])
-def test_flow_log_det_of_its_own_pair_reads_the_layer_caches(name):
+def test_flow_log_det_of_its_own_pair_reads_the_flow_record(name):
     flow = _perturbed(nf.build(name, 4, num_layers=3).double())
-    x = torch.randn(6, 4, dtype=torch.float64)
+    x = torch.randn(32, 4, dtype=torch.float64)
     calls = []
     for part in flow.parts:
         for method in ("_forward_with_ladj", "_inverse_with_ladj", "_ladj"):
@@ -90,7 +91,7 @@ def test_flow_log_det_of_its_own_pair_reads_the_layer_caches(name):
     calls.clear()
     fast = flow.log_abs_det_jacobian(z, x)
     assert calls == []  # no layer ran again
-    reference = Flow.__mro__[1].log_abs_det_jacobian(flow, z, x)  # ComposeTransform's walk
+    reference = ComposeTransform.log_abs_det_jacobian(flow, z, x)  # ComposeTransform's walk
     torch.testing.assert_close(fast, reference)
     # a parameter step makes the cached pairs stale: the flow falls back to recomputing, correctly
     _perturbed(flow, seed=1)
@@ -104,8 +105,8 @@ def test_flow_log_det_of_its_own_pair_reads_the_layer_caches(name):
     assert calls  # recomputed
     for part in flow.parts:
         part.clear_cache()
-    torch.testing.assert_close(stale, Flow.__mro__[1].log_abs_det_jacobian(flow, z2, x))
+    torch.testing.assert_close(stale, ComposeTransform.log_abs_det_jacobian(flow, z2, x))
     # a pair that is not this chain's is not taken from the caches either
-    other = torch.randn(6, 4, dtype=torch.float64)
+    other = torch.randn(32, 4, dtype=torch.float64)
     torch.testing.assert_close(flow.log_abs_det_jacobian(other, flow(other)),
-                               Flow.__mro__[1].log_abs_det_jacobian(flow, other, flow(other)))
+                               ComposeTransform.log_abs_det_jacobian(flow, other, flow(other)))

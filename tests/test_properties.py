@@ -324,7 +324,8 @@ def test_clone_bypasses_both_caches(case_id, monkeypatch):
     torch.testing.assert_close(ladj2, ladj, rtol=1e-4, atol=1e-4)
     assert not recomputed
     torch.testing.assert_close(flow.log_abs_det_jacobian(z.clone(), x.clone()), ladj)
-    assert recomputed, "a cloned pair must recompute its log-det"
+    # a layer recomputes a bare pair's log-det with _ladj, a Flow by walking forward from z
+    assert recomputed or calls["forward"] == 2 * n, "a cloned pair must recompute its log-det"
 
 
 @pytest.mark.parametrize("case_id", IDS)

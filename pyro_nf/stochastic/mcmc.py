@@ -20,14 +20,26 @@ import torch
 from pyro.distributions import Distribution
 from torch import nn
 
-from ..transforms.base import FlowTransform
+from ..base import FlowTransform
+
+
+class NegativeLogProb:
+    """``U(x) = -log p(x)`` of a distribution, as a picklable callable."""
+
+    def __init__(self, distribution):
+        self.distribution = distribution
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.distribution.log_prob(x)
+
+    def __repr__(self) -> str:
+        return f"NegativeLogProb({self.distribution!r})"
 
 
 def as_energy(energy) -> Callable[[torch.Tensor], torch.Tensor]:
     """``U(x)``: a callable as it is, or ``-log_prob`` of a (Pyro or torch) distribution."""
     if isinstance(energy, torch.distributions.Distribution) or isinstance(energy, Distribution):
-        distribution = energy
-        return lambda x: -distribution.log_prob(x)
+        return NegativeLogProb(energy)
     if callable(energy):
         return energy
     raise TypeError(f"energy must be a callable U(x) or a distribution, got {type(energy).__name__}")

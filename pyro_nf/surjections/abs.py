@@ -8,8 +8,8 @@ import torch
 from torch.distributions import constraints
 from torch.nn import functional as F
 
+from ..base import FlowTransform
 from ..nn import MLP
-from ..transforms.base import FlowTransform
 
 
 class Abs(FlowTransform):

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..base import FlowTransform
 from ..nn import MLP, soft_clamp
-from ..transforms.base import FlowTransform
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -1,5 +1,6 @@
 """Bijective layers of pyro_nf, one family per module. Forward is the sampling direction."""
 
+from ..base import FlowTransform
 from .autoregressive import (
     AffineAutoregressive,
     Autoregressive,
@@ -7,7 +8,6 @@ from .autoregressive import (
     affine_autoregressive,
     spline_autoregressive,
 )
-from .base import FlowTransform
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, additive_coupling, affine_coupling
 from .elementwise import LeakyReLU, PReLU, Softplus
 from .linear import AffineConstant, InvertibleLinear, Permutation, reverse

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..base import FlowTransform
 from ..nn import MADE
-from .base import FlowTransform
 from .scalar import Affine, ScalarTransformer
 from .spline import RationalQuadraticSpline
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..base import FlowTransform
 from ..nn import MLP, check_coupling_mask, coupling_mask
-from .base import FlowTransform
 from .scalar import Affine, ScalarTransformer, Shift
 
 

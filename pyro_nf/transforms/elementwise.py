@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from .base import FlowTransform
+from ..base import FlowTransform
 
 
 def _leaky(x, log_slope):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FlowTransform
+from ..base import FlowTransform
 
 
 def _batch_ladj(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -43,6 +43,9 @@ class AffineConstant(FlowTransform):
     def _inverse_with_ladj(self, y):
         log_scale, shift = self._parts(y)
         return (y - shift) * torch.exp(-log_scale), _batch_ladj(log_scale.sum(), y)
+
+    def _ladj(self, x, y):
+        return _batch_ladj(self._parts(x)[0].sum(), x)
 
     def extra_repr(self):
         return f"input_dim={self.input_dim}, scale={self.log_scale is not None}, shift={self.shift is not None}"

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..base import FlowTransform
 from ..nn import check_coupling_mask, coupling_mask
-from .base import FlowTransform
 from .coupling import Coupling
 from .scalar import ScalarTransformer
 

@@ -1,0 +1,414 @@
+r"""The base of every pyro_nf layer: checked inputs, pair records that cannot go stale, and calls that
+change data-dependent state only when they succeed.
+
+Direction convention (see DESIGN.md): ``forward`` is the *sampling* direction, base/latent ``z -> x``
+data, and ``log_abs_det_jacobian(z, x)`` is ``log|det dx/dz|``, so that
+
+    log p(x) = log p_base(z) - log_abs_det_jacobian(z, x).
+
+Bijections (``pyro_nf.transforms``), surjections (``pyro_nf.surjections``) and stochastic layers
+(``pyro_nf.stochastic``) all derive from :class:`FlowTransform`; :class:`pyro_nf.Flow` chains them.
+
+**The record contract.** A layer (or a :class:`~pyro_nf.Flow`) keeps at most one :class:`PairRecord`: the
+``(z, x, log-det)`` of the last pair it made through ``__call__`` or ``inv``. A record is used only for that
+very pair of tensor objects, and only while its guard holds: the same grad mode, the same train/eval modes,
+the same parameter and buffer *objects*, and the same *contents* of every parameter, buffer, ``z`` and
+``x``, compared element by element against copies taken when the record was made. Version counters are
+consulted first, as a fast "changed" signal, never as the proof of "unchanged", so updates that do not
+move them (fused or foreach optimizers, ``.data`` edits, ``inference_mode``, numpy views) are seen too.
+Densities of data (``log_prob`` through :class:`~pyro_nf.distributions.FlowDistribution`) use no record
+at all: only a pair that the model itself made is ever read back.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from pyro.distributions.torch_transform import TransformModule
+from torch.distributions import constraints
+
+# --------------------------------------------------------------------------- records
+
+
+def _version(t: torch.Tensor) -> int:
+    # Inference-mode tensors have no version counter (reading it raises): -1, and the contents decide.
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def module_state(module: torch.nn.Module) -> tuple[list, tuple]:
+    """The parameters and buffers of ``module`` and its submodules, and their train/eval flags, by a
+    direct walk (``Module.parameters()`` deduplicates through ``named_modules`` and costs several times
+    more)."""
+    tensors: list = []
+    modes: list = []
+    _walk(module, tensors, modes)
+    return tensors, tuple(modes)
+
+
+def _walk(module, tensors, modes):
+    modes.append(module.training)
+    tensors.extend(t for t in module._parameters.values() if t is not None)
+    tensors.extend(t for t in module._buffers.values() if t is not None)
+    for child in module._modules.values():
+        if child is not None:
+            _walk(child, tensors, modes)
+
+
+def _snapshot(tensors) -> dict:
+    """Flat copies of ``tensors``, one concatenation per (dtype, device)."""
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t.detach().reshape(-1))
+    return {key: torch.cat(flat) for key, flat in groups.items()}
+
+
+def _same_contents(tensors, snapshot: dict) -> bool:
+    current = _snapshot(tensors)
+    if current.keys() != snapshot.keys():
+        return False
+    return all(torch.equal(current[key], snapshot[key]) for key in snapshot)
+
+
+@dataclass(eq=False)
+class PairRecord:
+    """A pair ``(z, x)`` that a layer or flow made, its log-det, and the guard that says whether it still
+    describes the owner: see the module docstring for the exact contract."""
+
+    z: torch.Tensor
+    x: torch.Tensor
+    ladj: torch.Tensor
+    grad_enabled: bool
+    modes: tuple
+    tensors: tuple
+    versions: tuple
+    snapshot: dict
+
+    @classmethod
+    def make(cls, owner: torch.nn.Module, z, x, ladj) -> PairRecord:
+        tensors, modes = module_state(owner)
+        watched = (*tensors, z, x)
+        return cls(z, x, ladj, torch.is_grad_enabled(), modes, tuple(tensors), tuple(map(_version, watched)),
+                   _snapshot(watched))
+
+    def holds(self, owner: torch.nn.Module) -> bool:
+        """Whether nothing that the pair depends on changed since it was made."""
+        if torch.is_grad_enabled() != self.grad_enabled:
+            return False
+        tensors, modes = module_state(owner)
+        if modes != self.modes or len(tensors) != len(self.tensors):
+            return False
+        if any(a is not b for a, b in zip(tensors, self.tensors)):
+            return False
+        watched = (*tensors, self.z, self.x)
+        if any(_version(t) != v for t, v in zip(watched, self.versions)):
+            return False
+        return _same_contents(watched, self.snapshot)
+
+
+class Recording:
+    """What :class:`FlowTransform` and :class:`~pyro_nf.Flow` share: one :class:`PairRecord` slot."""
+
+    def _recall(self, z=None, x=None) -> PairRecord | None:
+        # never under torch.compile: reading the slot would guard the compiled graph on it
+        if torch.compiler.is_compiling():
+            return None
+        record = self.__dict__.get("_record")
+        if record is None or (z is not None and z is not record.z) or (x is not None and x is not record.x):
+            return None
+        if not record.holds(self):
+            self.__dict__["_record"] = None  # drop the stale graph now
+            return None
+        return record
+
+    def _remember(self, z, x, ladj) -> None:
+        if self._records and not torch.compiler.is_compiling():
+            # through __dict__: no nn.Module.__setattr__ on the call path
+            self.__dict__["_record"] = PairRecord.make(self, z, x, ladj)
+
+    def clear_cache(self) -> None:
+        """Forget the recorded pair (it also holds the autograd graph that made it)."""
+        self.__dict__["_record"] = None
+
+    def _refuse_uncached(self, cache_size: int, non_bijective: list) -> None:
+        if cache_size not in (0, 1):
+            raise ValueError(f"{type(self).__name__}: cache_size must be 0 or 1, got {cache_size!r}")
+        if cache_size == 0 and non_bijective:
+            raise ValueError(
+                f"{non_bijective[0]} is not bijective and needs cache_size=1: without its record, log_prob of a "
+                "sample would score a different random path than the one that made it"
+            )
+
+    def with_cache(self, cache_size: int = 1):
+        if cache_size == int(self._records):
+            return self
+        name = type(self).__name__
+        if cache_size == 0 and not self.bijective:
+            raise ValueError(
+                f"{name} is not bijective and needs its record (cache_size=1): without it, log_prob of a sample "
+                "would score a different random path than the one that made it"
+            )
+        raise NotImplementedError(
+            f"{name}: build it with cache_size={cache_size} instead of calling with_cache(): a copy would not "
+            "share its parameters"
+        )
+
+
+# --------------------------------------------------------------------------- calls that commit or leave no trace
+
+# Data-dependent state (ActNorm's initialisation, BatchNorm's running statistics) is staged during a call and
+# committed when the outermost public call returns, or discarded when it raises. One process-wide re-entrant
+# lock serialises the calls that stage state, so that two threads making the first call together cannot mix
+# their batches: the first to stage initialises, the other waits and then sees the committed state.
+_STATE_LOCK = threading.RLock()
+_CALL = threading.local()
+
+
+def open_call() -> bool:
+    """Start a public call; ``True`` for the outermost one, which must end with :func:`close_call`."""
+    if getattr(_CALL, "staged", None) is None:
+        _CALL.staged = []
+        return True
+    return False
+
+
+def close_call(outermost: bool, succeeded: bool) -> None:
+    """End a public call: commit (or, after an error, discard) what its layers staged."""
+    if not outermost:
+        return
+    staged, _CALL.staged = _CALL.staged, None
+    try:
+        for layer in staged:
+            if succeeded:
+                layer._commit_staged()
+            else:
+                layer._discard_staged()
+    finally:
+        for _ in staged:
+            _STATE_LOCK.release()
+
+
+def in_call(function, *args):
+    """Run ``function(*args)`` as one public call (see :func:`open_call`)."""
+    outermost = open_call()
+    try:
+        result = function(*args)
+    except BaseException:
+        close_call(outermost, False)
+        raise
+    close_call(outermost, True)
+    return result
+
+
+# --------------------------------------------------------------------------- the layer base class
+
+
+class FlowTransform(Recording, TransformModule):
+    r"""Base class of the vector-valued (``event_dim = 1``) layers of pyro_nf.
+
+    A subclass implements
+
+    * ``_forward_with_ladj(z) -> (x, ladj)``: the sampling direction and its log-det,
+    * ``_inverse_with_ladj(x) -> (z, ladj)``: the density direction, returning the log-det
+      of the *forward* map at the recovered ``z``,
+    * optionally ``_ladj(z, x)``, the log-det of a pair seen by neither call (the default
+      reruns the forward pass on ``z``).
+
+    Inputs may have any leading batch shape ``(..., domain_dim)`` (forward) and
+    ``(..., codomain_dim)`` (inverse); both are ``input_dim`` except for shape-changing layers.
+
+    Non-bijective layers (surjections, stochastic layers) set ``bijective = False``: their
+    log-det must be a deterministic function of the pair, and they refuse ``cache_size=0``,
+    since without the record ``log_prob`` of a sample would score a different random path.
+
+    **Records.** With ``cache_size=1`` the layer keeps the last pair it made by ``__call__`` or ``inv``, with
+    its log-det, so ``inv`` of its own output and ``log_abs_det_jacobian`` of its own pair cost nothing, under
+    the guard described in :mod:`pyro_nf.base` (any change of a parameter, buffer, input or output, however
+    it was made, retires the record). ``forward_and_ladj`` and ``inverse_and_ladj`` of other tensors, and
+    torch's ``_call``/``_inverse`` hooks, always compute.
+
+    **State.** A layer that learns state from data (ActNorm, BatchNorm) stages it with :meth:`_stage` and
+    applies it in ``_commit_staged``: only when the whole public call succeeded.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, input_dim: int, cache_size: int = 1):
+        super().__init__(cache_size=cache_size)
+        if not isinstance(input_dim, int) or isinstance(input_dim, bool) or input_dim < 1:
+            raise ValueError(f"{type(self).__name__}: input_dim must be a positive int, got {input_dim!r}")
+        self._refuse_uncached(cache_size, [] if self.bijective else [type(self).__name__])
+        self.input_dim = input_dim
+        self.__dict__["_record"] = None
+
+    @property
+    def _records(self) -> bool:
+        return self._cache_size == 1
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _forward_with_ladj(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _inverse_with_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _ladj(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_with_ladj(z)[1]
+
+    def _commit_staged(self) -> None:
+        """Apply the state staged during the call that just succeeded."""
+
+    def _discard_staged(self) -> None:
+        """Forget the state staged during the call that just failed."""
+
+    def _stage(self) -> None:
+        """Announce that this call is about to stage data-dependent state: takes the state lock (held until
+        the outermost call ends; re-check your state after this returns, another thread may have committed)
+        and registers the layer for ``_commit_staged`` / ``_discard_staged``."""
+        staged = getattr(_CALL, "staged", None)
+        if staged is None:
+            raise RuntimeError(f"{type(self).__name__}: state staged outside a public call")
+        if any(layer is self for layer in staged):
+            return
+        _STATE_LOCK.acquire()
+        staged.append(self)
+
+    @property
+    def domain_dim(self) -> int:
+        """Size of the last dimension of the forward input (the latent side)."""
+        return self.input_dim
+
+    @property
+    def codomain_dim(self) -> int:
+        """Size of the last dimension of the forward output (the data side)."""
+        return self.input_dim
+
+    # ----------------------------------------------------------------- the two directions
+    def forward_and_ladj(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log|det dx/dz|)`` for ``x = self(z)``, computed (no record is read or made)."""
+        self._check_input(z, self.domain_dim, "forward input")
+        return in_call(self._forward_with_ladj, z)
+
+    def inverse_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log|det dx/dz|)`` for ``z = inv(x)``: from the record when ``x`` is the output of the pair
+        this layer made (and nothing changed since), else computed; makes no record."""
+        record = self._recall(x=x)
+        if record is not None:
+            return record.z, record.ladj
+        self._check_input(x, self.codomain_dim, "inverse input")
+        return in_call(self._inverse_with_ladj, x)
+
+    # ----------------------------------------------------------------- torch Transform API
+    def __call__(self, z):
+        record = self._recall(z=z)
+        if record is not None:
+            return record.x
+        x, ladj = self.forward_and_ladj(z)
+        self._remember(z, x, ladj)
+        return x
+
+    def _inv_call(self, x):
+        record = self._recall(x=x)
+        if record is not None:
+            return record.z
+        z, ladj = self.inverse_and_ladj(x)
+        self._remember(z, x, ladj)
+        return z
+
+    def _call(self, z):
+        """The sampling direction, computed (torch's ``Transform`` hook)."""
+        return self.forward_and_ladj(z)[0]
+
+    def _inverse(self, x):
+        """The density direction, computed (torch's ``Transform`` hook)."""
+        self._check_input(x, self.codomain_dim, "inverse input")
+        return in_call(self._inverse_with_ladj, x)[0]
+
+    def log_abs_det_jacobian(self, z, x):
+        record = self._recall(z=z, x=x)
+        if record is not None:
+            return record.ladj
+        self._check_input(z, self.domain_dim, "log_abs_det_jacobian z")
+        self._check_input(x, self.codomain_dim, "log_abs_det_jacobian x")
+        return in_call(self._ladj, z, x)
+
+    def forward_shape(self, shape):
+        return torch.Size(shape[:-1]) + (self.codomain_dim,)
+
+    def inverse_shape(self, shape):
+        return torch.Size(shape[:-1]) + (self.domain_dim,)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_record"] = None
+        state.pop("_reference_slot", None)
+        return state
+
+    # ----------------------------------------------------------------- checks and repr
+    def _reference_tensor(self):
+        """The first parameter, else the first floating buffer: the dtype and device inputs must match. Its
+        place (module, kind, name) is kept, and the tensor read there at every call, so ``.to()``, a
+        replaced parameter or a reloaded buffer are always seen."""
+        slot = self.__dict__.get("_reference_slot")
+        if slot is not None and not torch.compiler.is_compiling():
+            tensor = getattr(slot[0], slot[1]).get(slot[2])
+            if tensor is not None:
+                return tensor
+        slot = _first_slot(self, "_parameters") or _first_slot(self, "_buffers", floating=True)
+        if slot is None:
+            return None
+        if not torch.compiler.is_compiling():
+            self.__dict__["_reference_slot"] = slot
+        return getattr(slot[0], slot[1])[slot[2]]
+
+    def _check_input(self, value, size: int, what: str) -> None:
+        if torch.jit.is_tracing():
+            return  # under torch.jit.trace sizes are traced values: comparing them warns (TracerWarning)
+        name = type(self).__name__
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() == 0 or value.shape[-1] != size:
+            raise ValueError(f"{name}: expected {what} of shape (..., {size}), got {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name}: {what} must be floating point, got dtype {value.dtype}")
+        ref = self._reference_tensor()
+        if ref is not None:
+            if value.dtype != ref.dtype:
+                raise TypeError(
+                    f"{name}: {what} has dtype {value.dtype} but the layer's parameters are "
+                    f"{ref.dtype}; convert one of them (e.g. flow.to({value.dtype}))"
+                )
+            if value.device != ref.device:
+                raise ValueError(
+                    f"{name}: {what} is on {value.device} but the layer's parameters are on "
+                    f"{ref.device}; move one of them (e.g. flow.to('{value.device}'))"
+                )
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _first_slot(module: torch.nn.Module, kind: str, floating: bool = False):
+    """``(module, kind, name)`` of the first tensor of ``_parameters`` or ``_buffers`` (``kind``) in a
+    pre-order walk of the submodules, optionally the first floating-point one."""
+    for key, t in getattr(module, kind).items():
+        if t is not None and (not floating or t.is_floating_point()):
+            return module, kind, key
+    for child in module._modules.values():
+        if child is not None:
+            slot = _first_slot(child, kind, floating)
+            if slot is not None:
+                return slot
+    return None
+
+
+__all__ = ["FlowTransform", "PairRecord", "Recording", "close_call", "in_call", "module_state", "open_call"]

@@ -1,0 +1,240 @@
+"""Chains of layers: :class:`Flow`, :func:`transformed` and :func:`log_prob_estimate`.
+
+A :class:`Flow` owns the walk along its chain: one ``forward_and_ladj`` for sampling and one
+``inverse_and_ladj`` for the density, each asking every layer once for its output *and* its log-det. It
+records the last pair it made (see :mod:`pyro_nf.base` for the guard), so Pyro's
+``TransformedDistribution`` scores a sample of its own without an inverse, and, with surjective or
+stochastic layers inside, along the very path that made it.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_transform import ComposeTransformModule
+from torch.distributions import constraints
+from torch.distributions.transforms import Transform, _InverseTransform
+from torch.distributions.utils import _sum_rightmost
+
+from .base import FlowTransform, Recording, in_call
+from .distributions import FlowDistribution, StandardNormal
+
+
+def is_positive(constraint) -> bool:
+    """Whether a constraint restricts values to (a product of) the positive half-line."""
+    while isinstance(constraint, constraints.independent):
+        constraint = constraint.base_constraint
+    bound = getattr(constraint, "lower_bound", None)
+    return isinstance(constraint, (constraints.greater_than, constraints.greater_than_eq)) and bound is not None \
+        and float(bound) >= 0
+
+
+class Flow(Recording, ComposeTransformModule):
+    """A chain of layers, sampling direction first to last. Prints as a chain, one layer a line.
+
+    Composition is checked: a layer whose input must be positive (such as
+    :class:`~pyro_nf.surjections.Abs`) must follow a layer whose output is positive (such as
+    :class:`~pyro_nf.transforms.Softplus`), or the model would not integrate to one.
+
+    Parts may also be torch or Pyro transforms of event dimension 0 or 1 (``SigmoidTransform``, Pyro's
+    own layers); their log-dets are summed over the event like ``ComposeTransform`` does.
+
+    ``log_abs_det_jacobian(z, x)`` of a pair the flow did not make walks forward from ``z`` and gives the last
+    layer the pair's ``x``, as ``ComposeTransform`` does; with
+    non-bijective layers inside, the intermediate points of such a pair are random, so it refuses.
+    """
+
+    def __init__(self, parts, dim: int | None = None, name: str | None = None, cache_size: int = 1):
+        parts = list(parts)
+        for i, part in enumerate(parts[1:], 1):
+            if is_positive(part.domain) and not is_positive(parts[i - 1].codomain):
+                raise ValueError(
+                    f"Flow: {type(part).__name__} (layer {i}) needs positive inputs but {type(parts[i - 1]).__name__} "
+                    f"(layer {i - 1}) can output any real value, so the model would integrate to less than one; "
+                    "put a layer onto the positive orthant before it (e.g. pyro_nf.transforms.Softplus)"
+                )
+        for i, part in enumerate(parts):
+            if part.domain.event_dim > 1 or part.codomain.event_dim > 1:
+                raise ValueError(f"Flow: layer {i} ({type(part).__name__}) has event dimension > 1; "
+                                 "a Flow chains vector (event_dim 1) or elementwise layers")
+        super().__init__(parts)
+        self._refuse_uncached(cache_size, [type(p).__name__ for p in parts if not p.bijective])
+        self.__dict__["_flow_cache_size"] = cache_size
+        self.__dict__["_record"] = None
+        if dim is None:
+            dim = getattr(self.parts[0], "domain_dim", None) if self.parts else None
+            if dim is not None:
+                dim = self.forward_shape(torch.Size([dim]))[-1]
+        self.dim = dim
+        self.name = name
+
+    # torch's ComposeTransform keeps cache_size 0 (the parts and this record do the caching)
+    @property
+    def _records(self) -> bool:
+        return self.__dict__.get("_flow_cache_size", 1) == 1
+
+    @property
+    def domain(self):
+        return constraints.independent(constraints.real, 1) if not self.parts else _vector(self.parts[0].domain)
+
+    @property
+    def codomain(self):
+        return constraints.independent(constraints.real, 1) if not self.parts else _vector(self.parts[-1].codomain)
+
+    # ----------------------------------------------------------------- the walks
+    def forward_and_ladj(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log|det dx/dz|)``: the sampling direction through every layer, one call each."""
+        return in_call(self._walk_forward, z)
+
+    def inverse_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log|det dx/dz|)`` for ``z = inv(x)``: from the record when ``x`` is the output of the pair
+        this flow made (and nothing changed since), else the density direction through every layer."""
+        record = self._recall(x=x)
+        if record is not None:
+            return record.z, record.ladj
+        return in_call(self._walk_inverse, x)
+
+    def _walk_forward(self, z):
+        total = None
+        for part in self.parts:
+            z, ladj = part.forward_and_ladj(z) if isinstance(part, FlowTransform) else _generic_forward(part, z)
+            total = ladj if total is None else total + ladj
+        return z, (total if total is not None else z.new_zeros(z.shape[:-1]))
+
+    def _walk_inverse(self, x):
+        total = None
+        for part in reversed(self.parts):
+            x, ladj = part.inverse_and_ladj(x) if isinstance(part, FlowTransform) else _generic_inverse(part, x)
+            total = ladj if total is None else total + ladj
+        return x, (total if total is not None else x.new_zeros(x.shape[:-1]))
+
+    # ----------------------------------------------------------------- torch Transform API
+    def __call__(self, z):
+        record = self._recall(z=z)
+        if record is not None:
+            return record.x
+        x, ladj = self.forward_and_ladj(z)
+        self._remember(z, x, ladj)
+        return x
+
+    def _inv_call(self, x):
+        record = self._recall(x=x)
+        if record is not None:
+            return record.z
+        z, ladj = in_call(self._walk_inverse, x)
+        self._remember(z, x, ladj)
+        return z
+
+    def _call(self, z):
+        return self.forward_and_ladj(z)[0]
+
+    def _inverse(self, x):
+        return in_call(self._walk_inverse, x)[0]
+
+    @property
+    def inv(self):
+        # one inverse object calling this flow's _inv_call (ComposeTransform's would chain the parts' inverses
+        # and bypass the flow's record)
+        inverse = self._inv() if self._inv is not None else None
+        if inverse is None:
+            inverse = _InverseTransform(self)
+            self._inv = weakref.ref(inverse)
+        return inverse
+
+    def log_abs_det_jacobian(self, z, x):
+        record = self._recall(z=z, x=x)
+        if record is not None:
+            return record.ladj
+        random = [type(p).__name__ for p in self.parts if not p.bijective]
+        if random:
+            raise ValueError(
+                f"Flow: log_abs_det_jacobian of a pair this flow did not make (or one changed since): its "
+                f"non-bijective layers ({', '.join(random)}) make the intermediate points random, so the pair "
+                "does not determine them; score data with log_prob, or use the flow's own output"
+            )
+        return in_call(self._pair_ladj, z, x)
+
+    def _pair_ladj(self, z, x):
+        # as ComposeTransform: forward from z through all layers but the last, whose log-det takes the pair's x
+        if not self.parts:
+            return z.new_zeros(z.shape[:-1])
+        *head, last = self.parts
+        total = 0
+        for part in head:
+            z, ladj = part.forward_and_ladj(z) if isinstance(part, FlowTransform) else _generic_forward(part, z)
+            total = total + ladj
+        return total + _sum_rightmost(last.log_abs_det_jacobian(z, x), 1 - last.domain.event_dim)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_record"] = None
+        return state
+
+    def base_dim(self) -> int:
+        """Size of the base (latent) distribution's event."""
+        return self.inverse_shape(torch.Size([self.dim]))[-1]
+
+    def __repr__(self) -> str:
+        named = f"name={self.name!r}, " if self.name else ""
+        lines = [f"Flow({named}dim={self.dim}, layers={len(self.parts)})", f"  ( Normal(0, I_{self.base_dim()}) )"]
+        for part in self.parts:
+            lines += ["    ↓", f"  {part!r}"]
+        return "\n".join(lines)
+
+
+def _vector(constraint):
+    return constraint if constraint.event_dim >= 1 else constraints.independent(constraint, 1)
+
+
+def _generic_forward(part: Transform, z):
+    x = part(z)
+    return x, _sum_rightmost(part.log_abs_det_jacobian(z, x), 1 - part.domain.event_dim)
+
+
+def _generic_inverse(part: Transform, x):
+    z = part.inv(x)
+    return z, _sum_rightmost(part.log_abs_det_jacobian(z, x), 1 - part.domain.event_dim)
+
+
+def transformed(flow, base: dist.Distribution | None = None) -> dist.TransformedDistribution:
+    """``TransformedDistribution(base, flow)`` (a :class:`~pyro_nf.distributions.FlowDistribution`, whose
+    input check is cheaper); the default base is a :class:`~pyro_nf.distributions.StandardNormal` of the
+    flow's base size, on the device and dtype of the flow's parameters."""
+    first = flow.parts[0] if isinstance(flow, ComposeTransformModule) and flow.parts else flow
+    if base is None and is_positive(first.domain):
+        raise ValueError(
+            f"transformed: the flow starts with {type(first).__name__}, whose input must be positive, but the "
+            "default standard normal base is not: the model would integrate to 1/2^D. Start the flow with a "
+            "layer onto the positive orthant (e.g. pyro_nf.transforms.Softplus) or pass a positive base"
+        )
+    if base is not None and is_positive(first.domain) and not is_positive(base.support):
+        raise ValueError(f"transformed: {type(first).__name__} needs a base on the positive orthant, "
+                         f"got support {base.support}")
+    if base is None:
+        # parameters first, then floating buffers (a flow of Metropolis layers has only buffers)
+        floating = (t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point())
+        ref = next(floating, None)
+        device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
+        size = flow.base_dim() if isinstance(flow, Flow) else getattr(flow, "domain_dim", flow.input_dim)
+        base = StandardNormal(size, device=device, dtype=dtype)
+    return FlowDistribution(base, flow)
+
+
+@torch.no_grad()
+def log_prob_estimate(model, x: torch.Tensor, num_samples: int = 16) -> torch.Tensor:
+    """``log p(x)`` estimated as ``log mean_k exp(log_prob_k(x))`` over ``num_samples`` random
+    paths drawn in one batched call. For bijective flows every path gives the exact value;
+    with :class:`~pyro_nf.surjections.Augment` or stochastic layers each ``log_prob`` is a
+    one-path estimate whose exponential is unbiased for ``p(x)``, and more paths tighten the
+    lower bound.
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"log_prob_estimate: num_samples must be a positive int, got {num_samples!r}")
+    paths = model.log_prob(x.expand(num_samples, *x.shape))
+    return torch.logsumexp(paths, dim=0) - math.log(num_samples)
+
+
+__all__ = ["Flow", "is_positive", "log_prob_estimate", "transformed"]
