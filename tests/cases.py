@@ -153,12 +153,47 @@ def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch
     return module
 
 
-def make(case_id: str, dim: int, dtype=torch.float32, seed: int = 0, perturbed: bool = True):
+def make(case_id: str, dim: int, dtype=torch.float32, seed: int = 0, perturbed: bool = True,
+         trained: bool = False, device="cpu"):
+    """The case's flow on ``device`` in ``dtype``: fresh (``perturbed=False``), with its zero-initialised
+    parameters moved at random (default), or, with ``trained=True``, also trained a few steps."""
     case = CASES[case_id]
     torch.manual_seed(seed)
     flow = case.factory(dim).to(dtype)
-    if perturbed:
+    if perturbed or trained:
         perturb(flow, scale=case.perturb_scale, seed=seed)
+    flow = flow.to(device)
+    if trained:
+        train_a_few_steps(flow, dim, seed=seed)
+    return flow
+
+
+def train_a_few_steps(flow, dim: int, steps: int = 5, seed: int = 0):
+    """Maximum likelihood on a skewed, shifted data set, a few large Adam steps: a map that training
+    produced, not one drawn at random (both can hide what the other shows)."""
+    params = list(flow.parameters())
+    if not params:
+        return flow
+    ref = params[0]
+    gen = torch.Generator().manual_seed(seed + 100)
+    data = torch.randn(256, dim, generator=gen, dtype=ref.dtype)
+    data = (data + 0.5 * data.square() - 0.3).to(ref.device)
+    if nf.flows.is_positive(parts(flow)[0].domain) or nf.flows.is_positive(getattr(flow, "codomain", None)):
+        data = data.abs()
+    model = nf.transformed(flow) if not nf.flows.is_positive(parts(flow)[0].domain) else None
+    if model is None:
+        return flow
+    optimizer = torch.optim.Adam(params, lr=0.05)
+    was_training = flow.training
+    flow.train()
+    for _ in range(steps):
+        loss = -model.log_prob(data).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    flow.train(was_training)
+    with torch.no_grad():
+        assert all(torch.isfinite(p).all() for p in params), "training moved a parameter to a non-finite value"
     return flow
 
 

@@ -63,18 +63,18 @@ def test_batch_shape(case_id):
     assert model.log_prob(torch.randn(7, 1, d)).shape == (7, 2)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state", ["perturbed", "trained"])
 @pytest.mark.parametrize("case_id", BIJECTIONS)
-def test_round_trip(case_id, dtype):
+def test_round_trip(case_id, dtype, device, state):
     d = dim_for(case_id)
-    flow = make(case_id, d, dtype).eval()
-    z = torch.randn(64, d, dtype=dtype)
+    flow = make(case_id, d, dtype, trained=state == "trained", device=device).eval()
+    z = torch.randn(64, d, dtype=dtype, device=device)
     x = flow(z)
     assert flow.inv(x) is z, "the cached inverse of the layer's own output must be its input"
     z_again = flow.inv(x.clone())  # a clone bypasses the cache: a real inverse
     tol = TOL[dtype]
     torch.testing.assert_close(z_again, z, rtol=tol, atol=tol)
-    y = torch.randn(64, d, dtype=dtype)
+    y = torch.randn(64, d, dtype=dtype, device=device)
     torch.testing.assert_close(flow(flow.inv(y).clone()), y, rtol=tol, atol=tol)
 
 
@@ -99,10 +99,11 @@ def test_surjection_right_inverse(case_id, dtype):
         torch.testing.assert_close(flow(flow.inv(x.clone()).clone()), x, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("state", ["perturbed", "trained"])
 @pytest.mark.parametrize("case_id", BIJECTIONS)
-def test_ladj_matches_autograd_jacobian(case_id):
+def test_ladj_matches_autograd_jacobian(case_id, state):
     d = dim_for(case_id)
-    flow = make(case_id, d, torch.float64).eval()
+    flow = make(case_id, d, torch.float64, trained=state == "trained").eval()
     for _ in range(3):
         z = torch.randn(d, dtype=torch.float64)
         jac = torch.autograd.functional.jacobian(lambda v: flow(v.clone()), z)
@@ -112,11 +113,12 @@ def test_ladj_matches_autograd_jacobian(case_id):
         torch.testing.assert_close(flow.log_abs_det_jacobian(z.clone(), x.clone()), expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("state", ["perturbed", "trained"])
 @pytest.mark.parametrize("case_id", IDS)
-def test_inverse_ladj_matches_forward_ladj(case_id):
+def test_inverse_ladj_matches_forward_ladj(case_id, state):
     """The log-det recorded by the density direction is the forward one at the recovered point."""
     d = dim_for(case_id)
-    flow = make(case_id, d, torch.float64).eval()
+    flow = make(case_id, d, torch.float64, trained=state == "trained").eval()
     # A composition's log-det of a bare pair re-runs the intermediate layers, so with random
     # layers inside only each layer's own pair determines its log-det: check layer by layer.
     layers = [flow] if CASES[case_id].kind == "bijection" else parts(flow)
@@ -370,13 +372,16 @@ def test_every_layer_class_has_a_case():
     """Registering a layer means adding it to tests/cases.py: check none is missing."""
     import inspect
 
+    import pyro_nf.stochastic as stochastic
+    import pyro_nf.surjections as surjections
     import pyro_nf.transforms as transforms
 
     classes = {
-        name for name, obj in vars(transforms).items()
+        name for package in (transforms, surjections, stochastic) for name, obj in vars(package).items()
         if inspect.isclass(obj) and issubclass(obj, nf.transforms.FlowTransform)
-        and obj is not nf.transforms.FlowTransform
+        and obj is not nf.transforms.FlowTransform and not name.startswith("_")
     }
+    assert {"Abs", "Augment", "Slice", "Metropolis", "Langevin", "Planar"} <= classes
     covered = {type(p).__name__ for cid in CASES for p in parts(make(cid, dim_for(cid), perturbed=False))}
     covered |= {CASES[cid].id.split("-")[0] for cid in CASES}
     assert classes <= covered, f"layers without a property-suite case: {sorted(classes - covered)}"
