@@ -7,6 +7,7 @@ direction; named architectures come from :func:`pyro_nf.flows.build`.
 from . import datasets, distributions, flows, infer, nn, targets, transforms
 from .distributions import FlowDistribution, StandardNormal
 from .flows import Flow, build, names, transformed
+from .io import load, save
 
 __version__ = "0.1.0"
 
@@ -19,8 +20,10 @@ __all__ = [
     "distributions",
     "flows",
     "infer",
+    "load",
     "names",
     "nn",
+    "save",
     "targets",
     "transformed",
     "transforms",

@@ -70,6 +70,7 @@ class Flow(Recording, ComposeTransformModule):
                 dim = self.forward_shape(torch.Size([dim]))[-1]
         self.dim = dim
         self.name = name
+        self.spec = None  # set by nf.build: what nf.save needs to build the flow again
 
     # torch's ComposeTransform keeps cache_size 0 (the parts and this record do the caching)
     @property

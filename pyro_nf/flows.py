@@ -94,7 +94,38 @@ def build(name: str, dim: int, **opts) -> Flow:
             raise ValueError(f"{name}: num_layers must be a positive int, got {n!r}")
     if merged.get("hidden_dims") is not None:
         merged["hidden_dims"] = check_hidden_dims(merged["hidden_dims"], name)
-    return Flow(arch.builder(dim, **merged), dim=dim, name=name)
+    flow = Flow(arch.builder(dim, **merged), dim=dim, name=name)
+    # what nf.save needs to build it again
+    flow.spec = {"architecture": name, "dim": dim, "options": merged, "standardize": False}
+    return flow
+
+
+def standardized(flow: Flow, loc, scale) -> Flow:
+    r"""``flow`` followed by the fixed affine map ``x = loc + scale * y`` (sampling direction): a flow fitted
+    to standardised data ``(x - loc) / scale`` that reads and writes the data's own units. The map is an
+    :class:`~pyro_nf.transforms.AffineConstant` whose parameters are frozen (``requires_grad=False``) and
+    saved with the model; its log-det ``sum(log scale)`` converts densities to the data's units."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"standardized: expected a Flow, got {type(flow).__name__}")
+    ref = next(iter(flow.parameters()), None)
+    device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
+    loc = torch.as_tensor(loc, device=device, dtype=dtype).reshape(-1)
+    scale = torch.as_tensor(scale, device=device, dtype=dtype).reshape(-1)
+    if loc.shape != (flow.dim,) or scale.shape != (flow.dim,):
+        raise ValueError(f"standardized: loc and scale must have {flow.dim} values, got {tuple(loc.shape)} and "
+                         f"{tuple(scale.shape)}")
+    if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("standardized: loc must be finite and scale finite and positive")
+    units = AffineConstant(flow.dim).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        units.shift.copy_(loc)
+        units.log_scale.copy_(scale.log())
+    units.requires_grad_(False)
+    wrapped = Flow([*flow.parts, units], dim=flow.dim, name=flow.name)
+    spec = getattr(flow, "spec", None)
+    if spec is not None:
+        wrapped.spec = {**spec, "standardize": True}
+    return wrapped
 
 
 def _check_mask_kind(name, mask):
@@ -221,4 +252,5 @@ def _snf(dim, num_layers=4, hidden_dims=(64, 64), energy=None, kernel="metropoli
     return layers
 
 
-__all__ = ["Flow", "build", "is_positive", "log_prob_estimate", "names", "options", "register", "transformed"]
+__all__ = ["Flow", "build", "is_positive", "log_prob_estimate", "names", "options", "register", "standardized",
+           "transformed"]
