@@ -131,8 +131,13 @@ def samples(x: torch.Tensor, ax=None, bounds=None, title=None, color="C0", size=
 
 @torch.no_grad()
 def data_vs_model(data: torch.Tensor, distribution, path=None, bounds=None, num_samples=2000, title=None):
-    """Three panels: the data, samples from the model, the model's density. Saves a PNG to
+    """Data against the model. In 2D, three panels: the data, samples from the model, the model's
+    density; in any other dimension, :func:`corner` of the data against model samples. Saves a PNG to
     ``path`` when given and returns the figure."""
+    if data.dim() != 2:
+        raise ValueError(f"data_vs_model: expected data of shape (N, D), got {tuple(data.shape)}")
+    if data.shape[-1] != 2:
+        return corner(data, distribution.sample((num_samples,)), path=path, title=title)
     bounds = _bounds(bounds)
     if bounds is None:
         lo, hi = data.min(0).values.cpu(), data.max(0).values.cpu()
@@ -140,6 +145,54 @@ def data_vs_model(data: torch.Tensor, distribution, path=None, bounds=None, num_
         bounds = ((float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1])))
     return _reference_samples_density(lambda ax: samples(data, ax, bounds, "data"), distribution, bounds,
                                       num_samples, "model", title, path)
+
+
+@torch.no_grad()
+def corner(data: torch.Tensor, model_samples: torch.Tensor, path=None, title=None, max_dims: int = 6,
+           labels=None, size: float = 2.0):
+    """Pairwise marginals of data (blue) against model samples (red): histograms of each coordinate on the
+    diagonal, scatter plots of each pair below it. Only the first ``max_dims`` coordinates are drawn (a
+    note says so). Works for any ``D >= 1``; returns the figure and saves a PNG to ``path`` when given."""
+    data, model_samples = data.detach().cpu().double(), model_samples.detach().cpu().double()
+    if data.dim() != 2 or model_samples.dim() != 2 or data.shape[1] != model_samples.shape[1]:
+        raise ValueError(f"corner: expected data and samples of shapes (N, D) and (M, D), got {tuple(data.shape)} "
+                         f"and {tuple(model_samples.shape)}")
+    total = data.shape[1]
+    d = min(total, max_dims)
+    labels = list(labels) if labels is not None else [f"x{i}" for i in range(total)]
+    fig, axes = plt.subplots(d, d, figsize=(2.4 * d + 0.6, 2.4 * d + 0.4), squeeze=False)
+    both = torch.cat([data, model_samples])
+    lo, hi = both.quantile(0.005, dim=0), both.quantile(0.995, dim=0)
+    pad = 0.1 * (hi - lo).clamp_min(1e-12)
+    lo, hi = lo - pad, hi + pad
+    for i in range(d):
+        for j in range(d):
+            ax = axes[i][j]
+            if j > i:
+                ax.axis("off")
+                continue
+            if i == j:
+                edges = torch.linspace(float(lo[i]), float(hi[i]), 41).numpy()
+                ax.hist(data[:, i].numpy(), bins=edges, density=True, alpha=0.5, color="C0", label="data")
+                ax.hist(model_samples[:, i].numpy(), bins=edges, density=True, alpha=0.5, color="C3", label="model")
+                ax.set_yticks([])
+            else:
+                ax.scatter(data[:, j].numpy(), data[:, i].numpy(), s=size, c="C0", alpha=0.4)
+                ax.scatter(model_samples[:, j].numpy(), model_samples[:, i].numpy(), s=size, c="C3", alpha=0.4)
+                ax.set_ylim(float(lo[i]), float(hi[i]))
+            ax.set_xlim(float(lo[j]), float(hi[j]))
+            if i == d - 1:
+                ax.set_xlabel(labels[j])
+            if j == 0 and i > 0:
+                ax.set_ylabel(labels[i])
+    axes[0][0].legend(loc="upper right", fontsize=8)
+    heading = title or "data (blue) against model samples (red)"
+    if total > d:
+        heading += f"; first {d} of {total} coordinates"
+    fig.suptitle(heading)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
 
 
 def _reference_samples_density(draw_reference, distribution, bounds, num_samples, label, title, path,

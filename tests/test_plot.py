@@ -117,3 +117,16 @@ def test_density_averages_paths_for_random_models():
         return (a - b).abs().mean()
 
     assert spread(64) < 0.5 * spread(1)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 8])
+def test_data_vs_model_draws_pairwise_marginals_beyond_2d(dim, tmp_path):
+    """3-D data raised a shape error; now a corner plot, capped at 6 coordinates with a note."""
+    model = nf.transformed(nf.build("maf", dim, num_layers=2))
+    path = tmp_path / "corner.png"
+    fig = plot.data_vs_model(torch.randn(300, dim), model, path=path, num_samples=300)
+    shown = min(dim, 6)
+    assert path.stat().st_size > 0
+    assert len([ax for ax in fig.axes if ax.axison]) == shown * (shown + 1) // 2
+    assert (f"first 6 of {dim}" in fig._suptitle.get_text()) == (dim > 6)
+    plt.close(fig)
