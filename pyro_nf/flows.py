@@ -133,43 +133,19 @@ def _check_mask_kind(name, mask):
         raise ValueError(f"{name}: mask must be one of {COUPLING_MASKS}, got {mask!r}")
 
 
-# --------------------------------------------------------------------------- architectures
-@register("nice", "NICE: additive coupling layers then a diagonal scaling (Dinh et al., 2014)", min_dim=2)
-def _nice(dim, num_layers=4, hidden_dims=(64, 64), mask="half", activation="relu"):
-    _check_mask_kind("nice", mask)
-    layers = [
-        AdditiveCoupling(dim, hidden_dims, coupling_mask(dim, mask, flip=i % 2 == 1), activation=activation)
-        for i in range(num_layers)
-    ]
-    return [AffineConstant(dim, shift=False), *layers]
-
-
-@register("realnvp", "RealNVP: affine coupling layers with alternating masks (Dinh et al., 2017)", min_dim=2)
-def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2.0, batch_norm=False,
-             activation="relu", learn_bound=False, shift="latent"):
-    _check_mask_kind("realnvp", mask)
+# --------------------------------------------------------------------------- structure x transformer
+def _couplings(name, dim, num_layers, mask, layer, before=None, between=None) -> list:
+    """``num_layers`` coupling layers with alternating masks: ``layer(mask_i)`` builds layer ``i``; ``before()``
+    gives the layers in front of each one (Glow's ActNorm and LU), ``between()`` those between two of them
+    (RealNVP's batch norm)."""
+    _check_mask_kind(name, mask)
     layers = []
     for i in range(num_layers):
-        layers.append(AffineCoupling(dim, hidden_dims, coupling_mask(dim, mask, flip=i % 2 == 1),
-                                     scale_bound=scale_bound, activation=activation, learn_bound=learn_bound,
-                                     shift=shift))
-        if batch_norm and i < num_layers - 1:
-            layers.append(BatchNorm(dim))
-    return layers
-
-
-@register("glow", "Glow: ActNorm -> invertible linear (LU) -> affine coupling (Kingma & Dhariwal, 2018)",
-          min_dim=2)
-def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", learn_bound=False,
-          shift="latent"):
-    layers = []
-    for i in range(num_layers):
-        layers += [
-            ActNorm(dim),
-            InvertibleLinear(dim),
-            AffineCoupling(dim, hidden_dims, coupling_mask(dim, flip=i % 2 == 1), scale_bound=scale_bound,
-                           activation=activation, learn_bound=learn_bound, shift=shift),
-        ]
+        if before is not None:
+            layers += before()
+        layers.append(layer(coupling_mask(dim, mask, flip=i % 2 == 1)))
+        if between is not None and i < num_layers - 1:
+            layers += between()
     return layers
 
 
@@ -179,37 +155,63 @@ def _alternating_order(dim: int, i: int) -> torch.Tensor:
     return order.flip(0) if i % 2 == 1 else order
 
 
-@register("maf", "MAF: affine autoregressive layers, density in one pass (Papamakarios et al., 2017)")
-def _maf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False,
-         shift=None):
-    hidden_dims = hidden_dims or default_hidden_dims(dim)
-    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "maf", scale_bound, activation,
-                                 learn_bound=learn_bound, shift=shift) for i in range(num_layers)]
+def _autoregressive(dim, num_layers, layer) -> list:
+    """``num_layers`` autoregressive layers, ``layer(order_i)`` with orders alternating natural/reversed."""
+    return [layer(_alternating_order(dim, i)) for i in range(num_layers)]
 
 
-@register("iaf", "IAF: affine autoregressive layers, sampling in one pass (Kingma et al., 2016)")
-def _iaf(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", learn_bound=False,
-         shift=None):
-    hidden_dims = hidden_dims or default_hidden_dims(dim)
-    return [AffineAutoregressive(dim, hidden_dims, _alternating_order(dim, i), "iaf", scale_bound, activation,
-                                 learn_bound=learn_bound, shift=shift) for i in range(num_layers)]
+# --------------------------------------------------------------------------- architectures
+@register("nice", "NICE: additive coupling layers then a diagonal scaling (Dinh et al., 2014)", min_dim=2)
+def _nice(dim, num_layers=4, hidden_dims=(64, 64), mask="half", activation="relu"):
+    layers = _couplings("nice", dim, num_layers, mask,
+                        lambda m: AdditiveCoupling(dim, hidden_dims, m, activation=activation))
+    return [AffineConstant(dim, shift=False), *layers]
+
+
+@register("realnvp", "RealNVP: affine coupling layers with alternating masks (Dinh et al., 2017)", min_dim=2)
+def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2.0, batch_norm=False,
+             activation="relu", shift="latent"):
+    return _couplings("realnvp", dim, num_layers, mask,
+                      lambda m: AffineCoupling(dim, hidden_dims, m, scale_bound, activation, shift=shift),
+                      between=(lambda: [BatchNorm(dim)]) if batch_norm else None)
+
+
+@register("glow", "Glow: ActNorm -> invertible linear (LU) -> affine coupling (Kingma & Dhariwal, 2018)",
+          min_dim=2)
+def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", shift="latent"):
+    return _couplings("glow", dim, num_layers, "half",
+                      lambda m: AffineCoupling(dim, hidden_dims, m, scale_bound, activation, shift=shift),
+                      before=lambda: [ActNorm(dim), InvertibleLinear(dim)])
 
 
 @register("nsf_coupling", "Neural spline flow, coupling: rational-quadratic spline couplings (Durkan et al., 2019)",
           min_dim=2)
 def _nsf_coupling(dim, num_layers=4, hidden_dims=(64, 64), count_bins=8, bound=3.0, mask="half",
                   activation="relu"):
-    _check_mask_kind("nsf_coupling", mask)
-    return [SplineCoupling(dim, hidden_dims, count_bins, bound, coupling_mask(dim, mask, flip=i % 2 == 1),
-                           activation=activation) for i in range(num_layers)]
+    return _couplings("nsf_coupling", dim, num_layers, mask,
+                      lambda m: SplineCoupling(dim, hidden_dims, count_bins, bound, m, activation=activation))
+
+
+def _affine_autoregressive(direction):
+    def builder(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", shift=None):
+        hidden = hidden_dims or default_hidden_dims(dim)
+        return _autoregressive(dim, num_layers, lambda order: AffineAutoregressive(
+            dim, hidden, order, direction, scale_bound, activation, shift=shift))
+    return builder
+
+
+register("maf", "MAF: affine autoregressive layers, density in one pass (Papamakarios et al., 2017)")(
+    _affine_autoregressive("maf"))
+register("iaf", "IAF: affine autoregressive layers, sampling in one pass (Kingma et al., 2016)")(
+    _affine_autoregressive("iaf"))
 
 
 @register("nsf_autoregressive", "Neural spline flow, autoregressive: RQ-spline MAF layers (Durkan et al., 2019)")
 def _nsf_autoregressive(dim, num_layers=3, hidden_dims=None, count_bins=8, bound=3.0, direction="maf",
                         activation="relu"):
-    hidden_dims = hidden_dims or default_hidden_dims(dim)
-    return [SplineAutoregressive(dim, hidden_dims, count_bins, bound, _alternating_order(dim, i), direction,
-                                 activation) for i in range(num_layers)]
+    hidden = hidden_dims or default_hidden_dims(dim)
+    return _autoregressive(dim, num_layers, lambda order: SplineAutoregressive(
+        dim, hidden, count_bins, bound, order, direction, activation))
 
 
 @register("planar", "Planar flow, invertible with a numerical inverse (Rezende & Mohamed, 2015)")

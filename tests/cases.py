@@ -75,7 +75,7 @@ def _layer_cases() -> list[Case]:
         Case("AdditiveCoupling", lambda d: AdditiveCoupling(d, HIDDEN, mask=nf.nn.coupling_mask(d, flip=True)),
              min_dim=2),
         Case("Coupling-custom-mask", lambda d: Coupling(torch.arange(d) % 2 == 0,
-                                                        Affine(len(range(0, d, 2)), learn_bound=True),
+                                                        Affine(len(range(0, d, 2)), scale_bound=1.5),
                                                         hidden_dims=HIDDEN, activation="tanh"), min_dim=2),
         Case("AffineConstant", lambda d: AffineConstant(d)),
         Case("ActNorm", lambda d: ActNorm(d)),

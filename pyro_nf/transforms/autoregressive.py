@@ -15,7 +15,6 @@ the MADE ordering), and the log-det of any ``(z, x)`` pair costs one pass.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..base import FlowTransform
@@ -108,7 +107,7 @@ class Autoregressive(FlowTransform):
 class AffineAutoregressive(Autoregressive):
     r"""Affine autoregressive layer, MAF or IAF by ``direction``. With ``(t_i, s_i)`` from MADE on
     ``x_{<i}`` (MAF) or ``z_{<i}`` (IAF) and the log-scale soft-clamped, ``s = b tanh(r / b)`` with
-    ``b = scale_bound`` (learned with ``learn_bound=True``):
+    ``b = scale_bound``:
 
     .. math::
         \text{MAF:}\quad z_i = x_i\,e^{-s_i} - t_i,\quad x_i = (z_i + t_i)\,e^{s_i};\qquad
@@ -122,10 +121,10 @@ class AffineAutoregressive(Autoregressive):
 
     def __init__(self, input_dim: int, hidden_dims=None, order=None, direction: str = "maf",
                  scale_bound: float = 2.0, activation="relu", conditioner=None, cache_size: int = 1,
-                 learn_bound: bool = False, shift: str | None = None):
+                 shift: str | None = None):
         shift = shift if shift is not None else ("latent" if direction == "maf" else "data")
         try:
-            transformer = Affine(input_dim, scale_bound, learn_bound, shift)
+            transformer = Affine(input_dim, scale_bound, shift)
         except ValueError as error:
             raise ValueError(f"AffineAutoregressive: {error}") from None
         super().__init__(input_dim, transformer, hidden_dims, order, direction, activation, conditioner, cache_size)
@@ -151,6 +150,3 @@ def spline_autoregressive(input_dim: int, hidden_dims=None, count_bins: int = 8,
     """Pyro-style factory for :class:`SplineAutoregressive`."""
     return SplineAutoregressive(input_dim, hidden_dims, count_bins, direction=direction, **kwargs)
 
-
-def reversed_order(input_dim: int) -> torch.Tensor:
-    return torch.arange(input_dim - 1, -1, -1)

@@ -110,18 +110,17 @@ class AffineCoupling(Coupling):
         y_B = (x_B + t(x_A)) \odot e^{s(x_A)},\qquad x_B = y_B \odot e^{-s(y_A)} - t(y_A),
         \qquad \log|\det J| = \sum_{i\in B} s_i(x_A),
 
-    with the log-scale soft-clamped as ``s = b tanh(r / b)``, ``b = scale_bound`` (learned with
-    ``learn_bound=True``). The shift acts on the latent side by default, which conditions maximum-likelihood
-    training better; ``shift="data"`` gives ``y_B = x_B e^{s} + t``, the better form for a guide trained by
-    reverse KL (see :class:`~pyro_nf.transforms.scalar.Affine`). ``mask=None`` transforms the second half.
+    with the log-scale soft-clamped as ``s = b tanh(r / b)``, ``b = scale_bound``. The shift acts on the latent
+    side by default, which conditions maximum-likelihood training better; ``shift="data"`` gives ``y_B = x_B
+    e^{s} + t``, the better form for a guide trained by reverse KL (see
+    :class:`~pyro_nf.transforms.scalar.Affine`). ``mask=None`` transforms the second half.
     """
 
     def __init__(self, input_dim: int, hidden_dims=(64, 64), mask=None, scale_bound: float = 2.0,
-                 activation="relu", conditioner=None, cache_size: int = 1, learn_bound: bool = False,
-                 shift: str = "latent"):
+                 activation="relu", conditioner=None, cache_size: int = 1, shift: str = "latent"):
         mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "AffineCoupling")
         try:
-            transformer = Affine(int(mask.sum()), scale_bound, learn_bound, shift)
+            transformer = Affine(int(mask.sum()), scale_bound, shift)
         except ValueError as error:
             raise ValueError(f"AffineCoupling: {error}") from None
         super().__init__(mask, transformer, conditioner, hidden_dims, activation, cache_size)

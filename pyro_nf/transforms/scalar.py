@@ -81,12 +81,10 @@ class Affine(ScalarTransformer):
     0.40/0.63 on the latent side. The layers choose accordingly (coupling and MAF: latent; IAF: data).
 
     The soft clamp keeps ``|s| < b`` so that a single step cannot blow a scale up or down, and
-    unlike a hard clamp (Pyro's ``clamp(-5, 3)``) its gradient never vanishes. The default bound is
-    fixed, ``b = scale_bound``; with ``learn_bound=True`` it is a parameter per coordinate,
-    ``b = e^{c}`` with ``c`` starting at ``log(scale_bound)``, as in the Flax tutorial of seed 002.
-    Fixed by default: the learned bound costs a reduction over the batch and more elementwise work in
-    every backward pass (about 1.6x the clamp's time here), and at equal steps it fitted no better
-    (two moons and digits, several seeds).
+    unlike a hard clamp (Pyro's ``clamp(-5, 3)``) its gradient never vanishes. The bound is fixed,
+    ``b = scale_bound``. (A learned bound per coordinate, ``b = e^{c}`` as in the Flax tutorial of seed
+    002, cost about 1.6x the clamp's time in every backward pass and at equal steps fitted no better on
+    two moons and digits over several seeds, so pyro_nf does not offer it.)
     """
 
     params_per_dim = 2
@@ -94,7 +92,7 @@ class Affine(ScalarTransformer):
 
     SHIFTS = ("data", "latent")
 
-    def __init__(self, num_dims: int, scale_bound: float = 2.0, learn_bound: bool = False, shift: str = "data"):
+    def __init__(self, num_dims: int, scale_bound: float = 2.0, shift: str = "data"):
         super().__init__()
         if shift not in self.SHIFTS:
             raise ValueError(f"Affine: shift must be one of {self.SHIFTS}, got {shift!r}")
@@ -102,13 +100,9 @@ class Affine(ScalarTransformer):
         if isinstance(scale_bound, bool) or not (isinstance(scale_bound, numbers.Real) and 0 < scale_bound < math.inf):
             raise ValueError(f"Affine: scale_bound must be a positive finite number, got {scale_bound!r}")
         self.scale_bound = float(scale_bound)
-        if learn_bound:
-            self.log_bound = nn.Parameter(torch.full((num_dims,), math.log(scale_bound)))
-        else:
-            self.register_parameter("log_bound", None)
 
     def _log_scale(self, raw):
-        return soft_clamp(raw, self.scale_bound if self.log_bound is None else self.log_bound.exp())
+        return soft_clamp(raw, self.scale_bound)
 
     # ``unbind``, not two ``select``s: its backward is one ``stack`` (of two contiguous blocks), where each
     # select's backward fills a zero tensor of the whole parameter shape
@@ -128,4 +122,4 @@ class Affine(ScalarTransformer):
         return y * torch.exp(-log_scale) - shift, log_scale
 
     def extra_repr(self) -> str:
-        return f"scale_bound={self.scale_bound:g}, learn_bound={self.log_bound is not None}, shift={self.shift!r}"
+        return f"scale_bound={self.scale_bound:g}, shift={self.shift!r}"
