@@ -105,7 +105,15 @@ class FlowDistribution(dist.TransformedDistribution):
 
     def rsample_and_log_prob(self, sample_shape=()) -> tuple[torch.Tensor, torch.Tensor]:
         r"""A reparameterised sample and its log density in one walk: no record is read or made, and nothing
-        is synchronised with the device (what a training loop of its own wants)."""
+        is synchronised with the device (what a training loop of its own wants).
+
+        Example:
+            >>> import torch, pyro_nf as nf
+            >>> model = nf.transformed(nf.build("iaf", 3, num_layers=2))
+            >>> x, log_q = model.rsample_and_log_prob((16,))
+            >>> x.shape, log_q.shape
+            (torch.Size([16, 3]), torch.Size([16]))
+        """
         z = self.base_dist.rsample(torch.Size(sample_shape))
         transform = self._walker()
         if transform is None:
