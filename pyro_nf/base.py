@@ -397,6 +397,25 @@ class FlowTransform(Recording, TransformModule):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+def check_finite(value: torch.Tensor, owner: str, what: str) -> None:
+    """Raise a ``ValueError`` naming ``owner`` if ``value`` holds a NaN or an infinity.
+
+    One reduction decides the common case: the sum of the elements is finite unless some element is
+    not (or the sum overflows). Only then are the non-finite elements counted, so a finite input whose
+    sum overflows passes. Skipped under ``torch.compile``, where the check would break the graph."""
+    if torch.compiler.is_compiling():
+        return
+    with torch.no_grad():
+        if bool(torch.isfinite(value.sum())):
+            return
+        bad = int((~torch.isfinite(value)).sum())
+    if bad:
+        raise ValueError(
+            f"{owner}: the {what} of shape {tuple(value.shape)} has {bad} non-finite value(s) "
+            f"(NaN or infinity) of {value.numel()}"
+        )
+
+
 def _first_slot(module: torch.nn.Module, kind: str, floating: bool = False):
     """``(module, kind, name)`` of the first tensor of ``_parameters`` or ``_buffers`` (``kind``) in a
     pre-order walk of the submodules, optionally the first floating-point one."""
@@ -411,4 +430,5 @@ def _first_slot(module: torch.nn.Module, kind: str, floating: bool = False):
     return None
 
 
-__all__ = ["FlowTransform", "PairRecord", "Recording", "close_call", "in_call", "module_state", "open_call"]
+__all__ = ["FlowTransform", "PairRecord", "Recording", "check_finite", "close_call", "in_call", "module_state",
+           "open_call"]

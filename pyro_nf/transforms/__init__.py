@@ -12,7 +12,8 @@ from .coupling import AdditiveCoupling, AffineCoupling, Coupling, additive_coupl
 from .elementwise import LeakyReLU, PReLU, Softplus
 from .linear import AffineConstant, InvertibleLinear, Permutation, reverse
 from .normalization import ActNorm, BatchNorm
-from .planar import Planar, Radial
+from .planar import Planar
+from .radial import Radial
 from .scalar import Affine, ScalarTransformer, Shift
 from .spline import RationalQuadraticSpline, Spline, SplineCoupling, spline_coupling
 
