@@ -5,6 +5,7 @@ direction; named architectures come from :func:`pyro_nf.flows.build`.
 """
 
 from . import datasets, distributions, flows, infer, nn, targets, transforms
+from .compose import ConditionalFlow, ConditionalFlowDistribution
 from .distributions import FlowDistribution, StandardNormal
 from .flows import Flow, build, names, transformed
 from .io import load, save
@@ -12,6 +13,8 @@ from .io import load, save
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConditionalFlow",
+    "ConditionalFlowDistribution",
     "Flow",
     "FlowDistribution",
     "StandardNormal",

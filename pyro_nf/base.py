@@ -91,6 +91,7 @@ class PairRecord:
     @classmethod
     def make(cls, owner: torch.nn.Module, z, x, ladj) -> PairRecord:
         tensors, modes = module_state(owner)
+        tensors.extend(owner._record_extras())  # a conditioned layer's context
         watched = (*tensors, z, x)
         return cls(z, x, ladj, torch.is_grad_enabled(), modes, tuple(tensors), tuple(map(_version, watched)),
                    _snapshot(watched))
@@ -100,6 +101,7 @@ class PairRecord:
         if torch.is_grad_enabled() != self.grad_enabled:
             return False
         tensors, modes = module_state(owner)
+        tensors.extend(owner._record_extras())
         if modes != self.modes or len(tensors) != len(self.tensors):
             return False
         if any(a is not b for a, b in zip(tensors, self.tensors)):
@@ -112,6 +114,10 @@ class PairRecord:
 
 class Recording:
     """What :class:`FlowTransform` and :class:`~pyro_nf.Flow` share: one :class:`PairRecord` slot."""
+
+    def _record_extras(self) -> list:
+        """Tensors besides parameters and buffers that a pair depends on (a context): watched like them."""
+        return []
 
     def _recall(self, z=None, x=None) -> PairRecord | None:
         # never under torch.compile: reading the slot would guard the compiled graph on it
@@ -238,6 +244,7 @@ class FlowTransform(Recording, TransformModule):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+    context_dim = 0  # layers whose conditioner takes a context set it; see :meth:`condition`
 
     def __init__(self, input_dim: int, cache_size: int = 1):
         super().__init__(cache_size=cache_size)
@@ -258,8 +265,8 @@ class FlowTransform(Recording, TransformModule):
     def _inverse_with_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _ladj(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_with_ladj(z)[1]
+    def _ladj(self, z: torch.Tensor, x: torch.Tensor, **context) -> torch.Tensor:
+        return self._forward_with_ladj(z, **context)[1]
 
     def _commit_staged(self) -> None:
         """Apply the state staged during the call that just succeeded."""
@@ -338,6 +345,11 @@ class FlowTransform(Recording, TransformModule):
         self._check_input(x, self.codomain_dim, "log_abs_det_jacobian x")
         return in_call(self._ladj, z, x)
 
+    def condition(self, context: torch.Tensor) -> FlowTransform:
+        """This layer for a given context (``(..., context_dim)``, broadcast against the inputs): a
+        :class:`Conditioned` view sharing its parameters; a layer without a context is itself."""
+        return Conditioned(self, context) if self.context_dim else self
+
     def forward_shape(self, shape):
         return torch.Size(shape[:-1]) + (self.codomain_dim,)
 
@@ -397,6 +409,63 @@ class FlowTransform(Recording, TransformModule):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+class Conditioned(FlowTransform):
+    r"""A layer whose conditioner takes a context, bound to one context ``c``: ``x = f(z; c)``.
+
+    The layer's hooks get ``context=c``; its parameters are shared (this is a view, made by
+    ``layer.condition(c)``). ``c`` has shape ``(..., context_dim)`` and broadcasts against the inputs'
+    leading dimensions. The record of a conditioned layer or flow watches ``c`` like a parameter: the same
+    ``x`` scored under another context, or after ``c`` was edited in place, is computed again.
+    """
+
+    def __init__(self, layer: FlowTransform, context: torch.Tensor):
+        name = type(layer).__name__
+        if not isinstance(context, torch.Tensor):
+            raise TypeError(f"{name}: the context must be a torch.Tensor, got {type(context).__name__}")
+        if context.dim() == 0 or context.shape[-1] != layer.context_dim:
+            raise ValueError(f"{name}: expected a context of shape (..., {layer.context_dim}), got "
+                             f"{tuple(context.shape)}")
+        ref = layer._reference_tensor()
+        if ref is not None and (context.dtype != ref.dtype or context.device != ref.device):
+            raise TypeError(f"{name}: the context is {context.dtype} on {context.device} but the layer's parameters "
+                            f"are {ref.dtype} on {ref.device}; convert one of them")
+        super().__init__(layer.input_dim, cache_size=1)
+        self.layer = layer
+        self.__dict__["context"] = context
+        self.bijective = layer.bijective
+        self.domain, self.codomain = layer.domain, layer.codomain
+
+    def _record_extras(self) -> list:
+        return [self.context]
+
+    @property
+    def domain_dim(self) -> int:
+        return self.layer.domain_dim
+
+    @property
+    def codomain_dim(self) -> int:
+        return self.layer.codomain_dim
+
+    def _forward_with_ladj(self, z):
+        return self.layer._forward_with_ladj(z, context=self.context)
+
+    def _inverse_with_ladj(self, x):
+        return self.layer._inverse_with_ladj(x, context=self.context)
+
+    def _ladj(self, z, x):
+        return self.layer._ladj(z, x, context=self.context)
+
+    def __repr__(self) -> str:
+        return f"{self.layer!r} | context {tuple(self.context.shape)}"
+
+
+def check_context_dim(context_dim, owner: str) -> int:
+    """``context_dim`` as a non-negative int, or a ``ValueError`` naming ``owner``."""
+    if not isinstance(context_dim, int) or isinstance(context_dim, bool) or context_dim < 0:
+        raise ValueError(f"{owner}: context_dim must be a non-negative int, got {context_dim!r}")
+    return context_dim
+
+
 def check_finite(value: torch.Tensor, owner: str, what: str) -> None:
     """Raise a ``ValueError`` naming ``owner`` if ``value`` holds a NaN or an infinity.
 
@@ -430,5 +499,5 @@ def _first_slot(module: torch.nn.Module, kind: str, floating: bool = False):
     return None
 
 
-__all__ = ["FlowTransform", "PairRecord", "Recording", "check_finite", "close_call", "in_call", "module_state",
-           "open_call"]
+__all__ = ["Conditioned", "FlowTransform", "PairRecord", "Recording", "check_context_dim", "check_finite", "close_call",
+           "in_call", "module_state", "open_call"]

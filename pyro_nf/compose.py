@@ -12,14 +12,18 @@ from __future__ import annotations
 import math
 import weakref
 
-import pyro.distributions as dist
 import torch
+from pyro.distributions.conditional import (
+    ConditionalDistribution,
+    ConditionalTransformedDistribution,
+    ConditionalTransformModule,
+)
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform, _InverseTransform
 from torch.distributions.utils import _sum_rightmost
 
-from .base import FlowTransform, Recording, in_call
+from .base import FlowTransform, Recording, check_context_dim, in_call
 from .distributions import FlowDistribution, StandardNormal
 
 
@@ -84,6 +88,9 @@ class Flow(Recording, ComposeTransformModule):
     @property
     def codomain(self):
         return constraints.independent(constraints.real, 1) if not self.parts else _vector(self.parts[-1].codomain)
+
+    def _record_extras(self) -> list:
+        return [t for part in self.parts if isinstance(part, Recording) for t in part._record_extras()]
 
     # ----------------------------------------------------------------- the walks
     def forward_and_ladj(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +193,65 @@ class Flow(Recording, ComposeTransformModule):
         return "\n".join(lines)
 
 
+class ConditionalFlow(ConditionalTransformModule):
+    r"""A chain of layers some of which take a context: the flow of ``p(x | c)``, through Pyro's own
+    ``ConditionalTransformModule`` interface.
+
+    ``flow.condition(c)`` is a :class:`Flow` whose context-taking layers are bound to ``c`` (views that
+    share this module's parameters; ``c`` of shape ``(..., context_dim)`` broadcasts against the inputs);
+    ``nf.transformed(flow)`` is a :class:`ConditionalFlowDistribution`, whose ``condition(c)`` is a
+    distribution with ``log_prob``, ``sample`` and ``rsample`` as for an unconditional flow. Records of
+    the conditioned flow watch ``c`` as they watch parameters (see :mod:`pyro_nf.base`).
+    """
+
+    def __init__(self, parts, context_dim: int, dim: int | None = None, name: str | None = None):
+        super().__init__()
+        parts = list(parts)
+        self.context_dim = check_context_dim(context_dim, "ConditionalFlow")
+        if not any(getattr(part, "context_dim", 0) for part in parts):
+            raise ValueError("ConditionalFlow: no layer takes a context (build them with context_dim > 0)")
+        wrong = [type(p).__name__ for p in parts if getattr(p, "context_dim", 0) not in (0, self.context_dim)]
+        if wrong:
+            raise ValueError(f"ConditionalFlow: layers {wrong} take a context of another size than {context_dim}")
+        self.parts = torch.nn.ModuleList(parts)
+        self.dim = dim if dim is not None else Flow(parts).dim
+        self.name = name
+        self.spec = None
+
+    def condition(self, context: torch.Tensor) -> Flow:
+        parts = [part.condition(context) if isinstance(part, FlowTransform) else part for part in self.parts]
+        return Flow(parts, dim=self.dim, name=self.name)
+
+    def base_dim(self) -> int:
+        """Size of the base (latent) distribution's event."""
+        return Flow(list(self.parts), dim=self.dim).base_dim()
+
+    def __repr__(self) -> str:
+        named = f"name={self.name!r}, " if self.name else ""
+        lines = [f"ConditionalFlow({named}dim={self.dim}, context_dim={self.context_dim}, layers={len(self.parts)})",
+                 f"  ( Normal(0, I_{self.base_dim()}) )"]
+        for part in self.parts:
+            lines += ["    ↓", f"  {part!r}" + (" | c" if getattr(part, "context_dim", 0) else "")]
+        return "\n".join(lines)
+
+
+class ConditionalFlowDistribution(ConditionalTransformedDistribution):
+    """``p(x | c)``: Pyro's ``ConditionalTransformedDistribution`` over a :class:`ConditionalFlow`, whose
+    ``condition(c)`` is a :class:`~pyro_nf.distributions.FlowDistribution` with the base expanded to the
+    context's batch shape (a conditional base, a Pyro ``ConditionalDistribution``, is conditioned too)."""
+
+    def __init__(self, base_dist, flow: ConditionalFlow):
+        super().__init__(base_dist, [flow])
+        self.flow = flow
+
+    def condition(self, context: torch.Tensor) -> FlowDistribution:
+        base = self.base_dist.condition(context)
+        batch = context.shape[:-1]
+        if base.batch_shape != batch:
+            base = base.expand(torch.broadcast_shapes(base.batch_shape, batch))
+        return FlowDistribution(base, self.flow.condition(context))
+
+
 def _vector(constraint):
     return constraint if constraint.event_dim >= 1 else constraints.independent(constraint, 1)
 
@@ -200,10 +266,11 @@ def _generic_inverse(part: Transform, x):
     return z, _sum_rightmost(part.log_abs_det_jacobian(z, x), 1 - part.domain.event_dim)
 
 
-def transformed(flow, base: dist.Distribution | None = None) -> dist.TransformedDistribution:
+def transformed(flow, base=None):
     """``TransformedDistribution(base, flow)`` (a :class:`~pyro_nf.distributions.FlowDistribution`, whose
     input check is cheaper); the default base is a :class:`~pyro_nf.distributions.StandardNormal` of the
-    flow's base size, on the device and dtype of the flow's parameters.
+    flow's base size, on the device and dtype of the flow's parameters. For a :class:`ConditionalFlow` it is a
+    :class:`ConditionalFlowDistribution` (``base`` may then be a Pyro ``ConditionalDistribution``).
 
     Example:
         >>> import torch, pyro_nf as nf
@@ -212,7 +279,7 @@ def transformed(flow, base: dist.Distribution | None = None) -> dist.Transformed
         >>> x.dtype, model.log_prob(x).shape
         (torch.float64, torch.Size([4]))
     """
-    first = flow.parts[0] if isinstance(flow, ComposeTransformModule) and flow.parts else flow
+    first = flow.parts[0] if isinstance(flow, (ComposeTransformModule, ConditionalFlow)) and flow.parts else flow
     if base is None and is_positive(first.domain):
         raise ValueError(
             f"transformed: the flow starts with {type(first).__name__}, whose input must be positive, but the "
@@ -227,8 +294,13 @@ def transformed(flow, base: dist.Distribution | None = None) -> dist.Transformed
         floating = (t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point())
         ref = next(floating, None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
-        size = flow.base_dim() if isinstance(flow, Flow) else getattr(flow, "domain_dim", flow.input_dim)
+        size = flow.base_dim() if isinstance(flow, (Flow, ConditionalFlow)) else getattr(flow, "domain_dim",
+                                                                                          flow.input_dim)
         base = StandardNormal(size, device=device, dtype=dtype)
+    if isinstance(flow, ConditionalFlow):
+        return ConditionalFlowDistribution(base, flow)
+    if isinstance(base, ConditionalDistribution):
+        raise TypeError("transformed: a conditional base needs a ConditionalFlow (build with context_dim=k)")
     return FlowDistribution(base, flow)
 
 
@@ -252,4 +324,4 @@ def log_prob_estimate(model, x: torch.Tensor, num_samples: int = 16) -> torch.Te
     return torch.logsumexp(paths, dim=0) - math.log(num_samples)
 
 
-__all__ = ["Flow", "is_positive", "log_prob_estimate", "transformed"]
+__all__ = ["ConditionalFlow", "ConditionalFlowDistribution", "Flow", "is_positive", "log_prob_estimate", "transformed"]

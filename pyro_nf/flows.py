@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .compose import Flow, is_positive, log_prob_estimate, transformed
+from .compose import ConditionalFlow, Flow, is_positive, log_prob_estimate, transformed
 from .nn import COUPLING_MASKS, check_hidden_dims, coupling_mask
 from .stochastic import AnnealedEnergy, Langevin, Metropolis, standard_normal_energy
 from .surjections import Abs, Augment
@@ -75,8 +75,12 @@ def _get(name: str) -> Architecture:
     return _ARCHITECTURES[name]
 
 
-def build(name: str, dim: int, **opts) -> Flow:
+def build(name: str, dim: int, **opts) -> Flow | ConditionalFlow:
     """Build the architecture ``name`` for data of dimension ``dim``.
+
+    With ``context_dim=k`` (couplings, autoregressive and spline architectures) it returns a
+    :class:`~pyro_nf.ConditionalFlow` for ``p(x | c)``, ``c`` of shape ``(..., k)``: ``flow.condition(c)`` is
+    a :class:`Flow`, and ``nf.transformed(flow)`` a Pyro ``ConditionalTransformedDistribution``.
 
     Shared options where they apply: ``num_layers`` and ``hidden_dims``; see
     :func:`options` for each architecture's full list and defaults.
@@ -93,6 +97,10 @@ def build(name: str, dim: int, **opts) -> Flow:
     arch = _get(name)
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < arch.min_dim:
         raise ValueError(f"{name}: dim must be an int >= {arch.min_dim}, got {dim!r}")
+    if "context_dim" in opts and "context_dim" not in arch.defaults:
+        takes = [n for n in names() if "context_dim" in _ARCHITECTURES[n].defaults]
+        raise ValueError(f"{name}: this architecture takes no context (context_dim); conditional architectures: "
+                         f"{', '.join(takes)}")
     unknown = sorted(set(opts) - set(arch.defaults))
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; valid options: {sorted(arch.defaults)}")
@@ -103,7 +111,11 @@ def build(name: str, dim: int, **opts) -> Flow:
             raise ValueError(f"{name}: num_layers must be a positive int, got {n!r}")
     if merged.get("hidden_dims") is not None:
         merged["hidden_dims"] = check_hidden_dims(merged["hidden_dims"], name)
-    flow = Flow(arch.builder(dim, **merged), dim=dim, name=name)
+    layers = arch.builder(dim, **merged)
+    if merged.get("context_dim"):
+        flow = ConditionalFlow(layers, merged["context_dim"], dim=dim, name=name)
+    else:
+        flow = Flow(layers, dim=dim, name=name)
     # what nf.save needs to build it again
     flow.spec = {"architecture": name, "dim": dim, "options": merged, "standardize": False}
     return flow
@@ -179,41 +191,45 @@ def _autoregressive(dim, num_layers, layer) -> list:
 
 # --------------------------------------------------------------------------- architectures
 @register("nice", "NICE: additive coupling layers then a diagonal scaling (Dinh et al., 2014)", min_dim=2)
-def _nice(dim, num_layers=4, hidden_dims=(64, 64), mask="half", activation="relu"):
+def _nice(dim, num_layers=4, hidden_dims=(64, 64), mask="half", activation="relu", context_dim=0):
     layers = _couplings("nice", dim, num_layers, mask,
-                        lambda m: AdditiveCoupling(dim, hidden_dims, m, activation=activation))
+                        lambda m: AdditiveCoupling(dim, hidden_dims, m, activation=activation, context_dim=context_dim))
     return [AffineConstant(dim, shift=False), *layers]
 
 
 @register("realnvp", "RealNVP: affine coupling layers with alternating masks (Dinh et al., 2017)", min_dim=2)
 def _realnvp(dim, num_layers=8, hidden_dims=(64, 64), mask="half", scale_bound=2.0, batch_norm=False,
-             activation="relu", shift="latent"):
+             activation="relu", shift="latent", context_dim=0):
     return _couplings("realnvp", dim, num_layers, mask,
-                      lambda m: AffineCoupling(dim, hidden_dims, m, scale_bound, activation, shift=shift),
+                      lambda m: AffineCoupling(dim, hidden_dims, m, scale_bound, activation, shift=shift,
+                                               context_dim=context_dim),
                       between=(lambda: [BatchNorm(dim)]) if batch_norm else None)
 
 
 @register("glow", "Glow: ActNorm -> invertible linear (LU) -> affine coupling (Kingma & Dhariwal, 2018)",
           min_dim=2)
-def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", shift="latent"):
+def _glow(dim, num_layers=4, hidden_dims=(64, 64), scale_bound=2.0, activation="relu", shift="latent",
+          context_dim=0):
     return _couplings("glow", dim, num_layers, "half",
-                      lambda m: AffineCoupling(dim, hidden_dims, m, scale_bound, activation, shift=shift),
+                      lambda m: AffineCoupling(dim, hidden_dims, m, scale_bound, activation, shift=shift,
+                                               context_dim=context_dim),
                       before=lambda: [ActNorm(dim), InvertibleLinear(dim)])
 
 
 @register("nsf_coupling", "Neural spline flow, coupling: rational-quadratic spline couplings (Durkan et al., 2019)",
           min_dim=2)
 def _nsf_coupling(dim, num_layers=4, hidden_dims=(64, 64), count_bins=8, bound=3.0, mask="half",
-                  activation="relu"):
+                  activation="relu", context_dim=0):
     return _couplings("nsf_coupling", dim, num_layers, mask,
-                      lambda m: SplineCoupling(dim, hidden_dims, count_bins, bound, m, activation=activation))
+                      lambda m: SplineCoupling(dim, hidden_dims, count_bins, bound, m, activation=activation,
+                                               context_dim=context_dim))
 
 
 def _affine_autoregressive(direction):
-    def builder(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", shift=None):
+    def builder(dim, num_layers=5, hidden_dims=None, scale_bound=2.0, activation="relu", shift=None, context_dim=0):
         hidden = hidden_dims or default_hidden_dims(dim)
         return _autoregressive(dim, num_layers, lambda order: AffineAutoregressive(
-            dim, hidden, order, direction, scale_bound, activation, shift=shift))
+            dim, hidden, order, direction, scale_bound, activation, shift=shift, context_dim=context_dim))
     return builder
 
 
@@ -225,10 +241,10 @@ register("iaf", "IAF: affine autoregressive layers, sampling in one pass (Kingma
 
 @register("nsf_autoregressive", "Neural spline flow, autoregressive: RQ-spline MAF layers (Durkan et al., 2019)")
 def _nsf_autoregressive(dim, num_layers=3, hidden_dims=None, count_bins=8, bound=3.0, direction="maf",
-                        activation="relu"):
+                        activation="relu", context_dim=0):
     hidden = hidden_dims or default_hidden_dims(dim)
     return _autoregressive(dim, num_layers, lambda order: SplineAutoregressive(
-        dim, hidden, count_bins, bound, order, direction, activation))
+        dim, hidden, count_bins, bound, order, direction, activation, context_dim=context_dim))
 
 
 @register("planar", "Planar flow, invertible with a numerical inverse (Rezende & Mohamed, 2015)")

@@ -18,7 +18,7 @@ import os
 import torch
 from torch.distributions import TransformedDistribution
 
-from .compose import Flow, transformed
+from .compose import ConditionalFlow, ConditionalFlowDistribution, Flow, transformed
 from .distributions import StandardNormal
 
 FORMAT = "pyro_nf.checkpoint"
@@ -26,9 +26,11 @@ FORMAT_VERSION = 1
 _OPTION_TYPES = (int, float, str, bool, type(None))
 
 
-def _flow_of(model) -> Flow:
-    if isinstance(model, Flow):
+def _flow_of(model) -> Flow | ConditionalFlow:
+    if isinstance(model, (Flow, ConditionalFlow)):
         return model
+    if isinstance(model, ConditionalFlowDistribution):
+        return model.flow
     if isinstance(model, TransformedDistribution):
         if len(model.transforms) == 1 and isinstance(model.transforms[0], Flow):
             if not isinstance(model.base_dist, StandardNormal):
@@ -84,9 +86,10 @@ def save(model, path) -> None:
     torch.save(checkpoint, path)
 
 
-def load(path, device=None) -> TransformedDistribution:
+def load(path, device=None):
     """Read a checkpoint written by :func:`save` and return ``nf.transformed(flow)`` in eval mode, on
-    ``device`` (default: the CPU) in the dtype it was saved in, with identical ``log_prob``."""
+    ``device`` (default: the CPU) in the dtype it was saved in, with identical ``log_prob`` (a conditional
+    model comes back as a :class:`~pyro_nf.ConditionalFlowDistribution`)."""
     from . import flows  # the registry imports this package's layers; keep io importable on its own
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

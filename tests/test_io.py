@@ -96,3 +96,13 @@ def test_errors_say_what_is_wrong(tmp_path):
     torch.save(checkpoint, path)
     with pytest.raises(ValueError, match="do not fit a realnvp"):
         nf.load(path)
+
+
+def test_conditional_model_round_trips(tmp_path):
+    torch.manual_seed(0)
+    flow = perturb(nf.build("maf", 2, context_dim=3, num_layers=2, hidden_dims=(8,)))
+    nf.save(nf.transformed(flow), tmp_path / "cond.pt")
+    loaded = nf.load(tmp_path / "cond.pt")
+    assert isinstance(loaded, nf.ConditionalFlowDistribution)
+    c, x = torch.randn(10, 3), torch.randn(10, 2)
+    assert torch.equal(loaded.condition(c).log_prob(x), nf.transformed(flow.eval()).condition(c).log_prob(x))

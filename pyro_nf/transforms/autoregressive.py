@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..base import FlowTransform
+from ..base import FlowTransform, check_context_dim
 from ..nn import MADE
 from .scalar import Affine, ScalarTransformer
 from .spline import RationalQuadraticSpline
@@ -35,7 +35,8 @@ class Autoregressive(FlowTransform):
     """Generic autoregressive layer: a ``transformer`` and a MADE ``conditioner`` mapping
     ``(..., D)`` to the transformer's parameters, ``(..., D, transformer.params_per_dim)``, or
     ``(..., transformer.params_per_dim, D)`` when ``transformer.param_major`` (built from ``hidden_dims``
-    and ``order`` when not given)."""
+    and ``order`` when not given). With ``context_dim > 0`` the MADE also sees a context, given by
+    :meth:`~pyro_nf.base.FlowTransform.condition`."""
 
     def __init__(
         self,
@@ -47,8 +48,10 @@ class Autoregressive(FlowTransform):
         activation="relu",
         conditioner: nn.Module | None = None,
         cache_size: int = 1,
+        context_dim: int = 0,
     ):
         super().__init__(input_dim, cache_size=cache_size)
+        self.context_dim = check_context_dim(context_dim, type(self).__name__)
         name = type(self).__name__
         if direction not in DIRECTIONS:
             raise ValueError(f"{name}: direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -58,13 +61,14 @@ class Autoregressive(FlowTransform):
             hidden_dims = default_hidden_dims(input_dim) if hidden_dims is None else hidden_dims
             try:
                 conditioner = MADE(input_dim, hidden_dims, transformer.params_per_dim, order=order,
-                                   activation=activation, param_major=transformer.param_major)
+                                   activation=activation, param_major=transformer.param_major,
+                                   context_dim=context_dim)
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
         self.conditioner = conditioner
         self._params(None, check_only=True)
 
-    def _params(self, x, check_only: bool = False):
+    def _params(self, x, check_only: bool = False, context=None):
         conditioner = self.conditioner
         # a MADE built for the other layout would silently pair the wrong outputs with the coordinates
         if isinstance(conditioner, MADE) and conditioner.param_major != self.transformer.param_major:
@@ -73,35 +77,47 @@ class Autoregressive(FlowTransform):
                 f"{'param' if self.transformer.param_major else 'coordinate'}-major; build the MADE with "
                 f"param_major={self.transformer.param_major}"
             )
-        return None if check_only else conditioner(x)
+        if check_only:
+            return None
+        return conditioner(x, context) if self.context_dim else conditioner(x)
 
-    def _forward_with_ladj(self, z):
+    def _forward_with_ladj(self, z, context=None):
         if self.direction == "iaf":
-            x, ladj = self.transformer(z, self._params(z))
+            params = self._params(z, context=context)
+            x, ladj = self.transformer(_broadcast(z, params), params)
             return x, ladj.sum(-1)
         # after k passes the first k coordinates (in the MADE order) are exact
         x = z
         for _ in range(self.input_dim):
-            x, ladj = self.transformer(z, self._params(x))
+            params = self._params(x, context=context)
+            x, ladj = self.transformer(_broadcast(z, params), params)
         return x, ladj.sum(-1)
 
-    def _inverse_with_ladj(self, x):
+    def _inverse_with_ladj(self, x, context=None):
         if self.direction == "maf":
-            z, ladj = self.transformer.inverse(x, self._params(x))
+            params = self._params(x, context=context)
+            z, ladj = self.transformer.inverse(_broadcast(x, params), params)
             return z, ladj.sum(-1)
         z = x
         for _ in range(self.input_dim):
-            z, ladj = self.transformer.inverse(x, self._params(z))
+            params = self._params(z, context=context)
+            z, ladj = self.transformer.inverse(_broadcast(x, params), params)
         return z, ladj.sum(-1)
 
-    def _ladj(self, z, x):
-        params = self._params(x if self.direction == "maf" else z)
-        return self.transformer(z, params)[1].sum(-1)
+    def _ladj(self, z, x, context=None):
+        params = self._params(x if self.direction == "maf" else z, context=context)
+        return self.transformer(_broadcast(z, params), params)[1].sum(-1)
 
     def extra_repr(self):
         hidden = getattr(self.conditioner, "hidden_dims", None)
         text = f"input_dim={self.input_dim}, direction={self.direction!r}"
         return text + (f", hidden_dims={hidden}" if hidden is not None else "")
+
+
+def _broadcast(v, params):
+    """``v`` expanded to the leading shape of its parameters (a context may carry more dimensions)."""
+    shape = params.shape[:-2]
+    return v if v.shape[:-1] == shape else v.expand(*shape, -1)
 
 
 class AffineAutoregressive(Autoregressive):
@@ -121,13 +137,14 @@ class AffineAutoregressive(Autoregressive):
 
     def __init__(self, input_dim: int, hidden_dims=None, order=None, direction: str = "maf",
                  scale_bound: float = 2.0, activation="relu", conditioner=None, cache_size: int = 1,
-                 shift: str | None = None):
+                 shift: str | None = None, context_dim: int = 0):
         shift = shift if shift is not None else ("latent" if direction == "maf" else "data")
         try:
             transformer = Affine(input_dim, scale_bound, shift)
         except ValueError as error:
             raise ValueError(f"AffineAutoregressive: {error}") from None
-        super().__init__(input_dim, transformer, hidden_dims, order, direction, activation, conditioner, cache_size)
+        super().__init__(input_dim, transformer, hidden_dims, order, direction, activation, conditioner, cache_size,
+                         context_dim)
 
 
 class SplineAutoregressive(Autoregressive):
@@ -136,9 +153,10 @@ class SplineAutoregressive(Autoregressive):
     :class:`~pyro_nf.transforms.spline.RationalQuadraticSpline`."""
 
     def __init__(self, input_dim: int, hidden_dims=None, count_bins: int = 8, bound: float = 3.0, order=None,
-                 direction: str = "maf", activation="relu", conditioner=None, cache_size: int = 1):
+                 direction: str = "maf", activation="relu", conditioner=None, cache_size: int = 1,
+                 context_dim: int = 0):
         super().__init__(input_dim, RationalQuadraticSpline(count_bins, bound), hidden_dims, order, direction,
-                         activation, conditioner, cache_size)
+                         activation, conditioner, cache_size, context_dim)
 
 
 def affine_autoregressive(input_dim: int, hidden_dims=None, direction: str = "maf", **kwargs):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..base import FlowTransform
+from ..base import FlowTransform, check_context_dim
 from ..nn import MLP, check_coupling_mask, coupling_mask
 from .scalar import Affine, ScalarTransformer, Shift
 
@@ -28,7 +28,8 @@ class Coupling(FlowTransform):
     ``conditioner`` maps ``(..., |A|)`` to ``(..., |B| * transformer.params_per_dim)``, read in the
     transformer's layout (``(P, |B|)`` blocks when ``transformer.param_major``, else ``(|B|, P)``)
     (by default a zero-initialised :class:`~pyro_nf.nn.MLP`, so the layer starts as the
-    identity).
+    identity). With ``context_dim > 0`` the conditioner also sees a context ``c``, ``\theta(x_A, c)``,
+    given by :meth:`~pyro_nf.base.FlowTransform.condition` (a custom conditioner then takes ``(x_A, c)``).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class Coupling(FlowTransform):
         hidden_dims: Sequence[int] = (64, 64),
         activation="relu",
         cache_size: int = 1,
+        context_dim: int = 0,
     ):
         mask = check_coupling_mask(mask, None, type(self).__name__)
         super().__init__(mask.numel(), cache_size=cache_size)
@@ -55,8 +57,10 @@ class Coupling(FlowTransform):
                             else self.transformed_index.numel())
         self.transformer = transformer
         n_a, n_b = self.identity_index.numel(), self.transformed_index.numel()
+        self.context_dim = check_context_dim(context_dim, type(self).__name__)
         if conditioner is None:
-            conditioner = MLP(n_a, n_b * transformer.params_per_dim, hidden_dims, activation=activation)
+            conditioner = MLP(n_a, n_b * transformer.params_per_dim, hidden_dims, activation=activation,
+                              context_features=context_dim)
         self.conditioner = conditioner
 
     @property
@@ -65,9 +69,9 @@ class Coupling(FlowTransform):
         mask[self.transformed_index] = True
         return mask
 
-    def _params(self, x_a):
+    def _params(self, x_a, context=None):
         n_b, per_dim = self.transformed_index.numel(), self.transformer.params_per_dim
-        params = self.conditioner(x_a)
+        params = self.conditioner(x_a, context) if self.context_dim else self.conditioner(x_a)
         return params.unflatten(-1, (per_dim, n_b) if self.transformer.param_major else (n_b, per_dim))
 
     def _split(self, v):
@@ -82,14 +86,22 @@ class Coupling(FlowTransform):
             return torch.cat([v_a, v_b] if self._blocks[0] else [v_b, v_a], dim=-1)
         return torch.cat([v_a, v_b], dim=-1).index_select(-1, self.merge_index)
 
-    def _forward_with_ladj(self, x):
+    def _forward_with_ladj(self, x, context=None):
         x_a, x_b = self._split(x)
-        y_b, ladj = self.transformer(x_b, self._params(x_a))
+        params = self._params(x_a, context)
+        if context is not None:  # a context with more leading dimensions than x broadcasts both halves
+            shape = params.shape[:-2]
+            x_a, x_b = x_a.expand(*shape, -1), x_b.expand(*shape, -1)
+        y_b, ladj = self.transformer(x_b, params)
         return self._merge(x_a, y_b), ladj.sum(-1)
 
-    def _inverse_with_ladj(self, y):
+    def _inverse_with_ladj(self, y, context=None):
         y_a, y_b = self._split(y)
-        x_b, ladj = self.transformer.inverse(y_b, self._params(y_a))
+        params = self._params(y_a, context)
+        if context is not None:
+            shape = params.shape[:-2]
+            y_a, y_b = y_a.expand(*shape, -1), y_b.expand(*shape, -1)
+        x_b, ladj = self.transformer.inverse(y_b, params)
         return self._merge(y_a, x_b), ladj.sum(-1)
 
     def extra_repr(self):
@@ -117,13 +129,14 @@ class AffineCoupling(Coupling):
     """
 
     def __init__(self, input_dim: int, hidden_dims=(64, 64), mask=None, scale_bound: float = 2.0,
-                 activation="relu", conditioner=None, cache_size: int = 1, shift: str = "latent"):
+                 activation="relu", conditioner=None, cache_size: int = 1, shift: str = "latent",
+                 context_dim: int = 0):
         mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "AffineCoupling")
         try:
             transformer = Affine(int(mask.sum()), scale_bound, shift)
         except ValueError as error:
             raise ValueError(f"AffineCoupling: {error}") from None
-        super().__init__(mask, transformer, conditioner, hidden_dims, activation, cache_size)
+        super().__init__(mask, transformer, conditioner, hidden_dims, activation, cache_size, context_dim)
 
 
 class AdditiveCoupling(Coupling):
@@ -136,9 +149,9 @@ class AdditiveCoupling(Coupling):
     """
 
     def __init__(self, input_dim: int, hidden_dims=(64, 64), mask=None, activation="relu",
-                 conditioner=None, cache_size: int = 1):
+                 conditioner=None, cache_size: int = 1, context_dim: int = 0):
         mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "AdditiveCoupling")
-        super().__init__(mask, Shift(), conditioner, hidden_dims, activation, cache_size)
+        super().__init__(mask, Shift(), conditioner, hidden_dims, activation, cache_size, context_dim)
 
 
 def affine_coupling(input_dim: int, hidden_dims=(64, 64), flip: bool = False, **kwargs) -> AffineCoupling:

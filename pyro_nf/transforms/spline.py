@@ -156,10 +156,10 @@ class SplineCoupling(Coupling):
     ``mask=None`` transforms the second half."""
 
     def __init__(self, input_dim: int, hidden_dims=(64, 64), count_bins: int = 8, bound: float = 3.0,
-                 mask=None, activation="relu", conditioner=None, cache_size: int = 1):
+                 mask=None, activation="relu", conditioner=None, cache_size: int = 1, context_dim: int = 0):
         mask = coupling_mask(input_dim) if mask is None else check_coupling_mask(mask, input_dim, "SplineCoupling")
         super().__init__(mask, RationalQuadraticSpline(count_bins, bound), conditioner, hidden_dims, activation,
-                         cache_size)
+                         cache_size, context_dim)
 
     def extra_repr(self):
         return super().extra_repr() + f", count_bins={self.transformer.count_bins}"
