@@ -259,17 +259,20 @@ def _radial(dim, num_layers=16):
 
 @register("realnvp_abs", "RealNVP onto the positive orthant (Softplus), then the Abs surjection: for data "
                         "symmetric about 0 (Nielsen et al., 2020)", min_dim=2)
-def _realnvp_abs(dim, num_layers=6, hidden_dims=(64, 64), learn_signs=False):
-    return [*_realnvp(dim, num_layers, hidden_dims), Softplus(dim), Abs(dim, learn_signs=learn_signs)]
+def _realnvp_abs(dim, num_layers=6, hidden_dims=(64, 64), learn_signs=False, context_dim=0):
+    return [*_realnvp(dim, num_layers, hidden_dims, context_dim=context_dim), Softplus(dim),
+            Abs(dim, learn_signs=learn_signs or context_dim > 0, context_dim=context_dim)]
 
 
 @register("augmented_realnvp", "RealNVP on [x, e], e ~ q(e|x) from Augment: extra dimensions for the flow "
                               "(Huang et al., 2020)")
-def _augmented_realnvp(dim, num_layers=8, hidden_dims=(64, 64), augment_dim=2, learned=True, mask="half"):
+def _augmented_realnvp(dim, num_layers=8, hidden_dims=(64, 64), augment_dim=2, learned=True, mask="half",
+                       context_dim=0):
     # "half" splits [x, e] into its first and second halves; "alternate" interleaves them, so that
     # data coordinates also condition each other directly
     _check_mask_kind("augmented_realnvp", mask)
-    return [*_realnvp(dim + augment_dim, num_layers, hidden_dims, mask), Augment(dim, augment_dim, learned=learned)]
+    return [*_realnvp(dim + augment_dim, num_layers, hidden_dims, mask, context_dim=context_dim),
+            Augment(dim, augment_dim, learned=learned or context_dim > 0, context_dim=context_dim)]
 
 
 @register("snf", "Stochastic normalizing flow: RealNVP blocks interleaved with Metropolis or Langevin layers on "

@@ -15,6 +15,7 @@ from test_properties import _integral
 import pyro_nf as nf
 
 CONDITIONAL = ["realnvp", "nice", "glow", "maf", "iaf", "nsf_coupling", "nsf_autoregressive"]
+SURJECTIVE = ["realnvp_abs", "augmented_realnvp"]  # learned signs / learned q(e | x, c) take the context too
 K = 3
 
 
@@ -27,7 +28,7 @@ def _conditional(name, dim=2, dtype=torch.float64, seed=0):
     return flow.eval(), nf.transformed(flow)
 
 
-@pytest.mark.parametrize("name", CONDITIONAL)
+@pytest.mark.parametrize("name", CONDITIONAL + SURJECTIVE)
 def test_is_pyro_conditional_and_shapes_broadcast(name):
     flow, model = _conditional(name, dtype=torch.float32)
     assert isinstance(flow, dist.conditional.ConditionalTransformModule)
@@ -66,7 +67,7 @@ def test_density_integrates_to_one_for_each_context(name):
         assert abs(total - 1.0) < 2e-3, f"{name} at context {c.tolist()} integrates to {total}"
 
 
-@pytest.mark.parametrize("name", CONDITIONAL)
+@pytest.mark.parametrize("name", CONDITIONAL + SURJECTIVE)
 def test_gradients_reach_the_context_and_every_parameter_and_float64_is_kept(name):
     flow, model = _conditional(name)
     flow.train()
@@ -78,6 +79,20 @@ def test_gradients_reach_the_context_and_every_parameter_and_float64_is_kept(nam
     for pname, p in flow.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no gradient for {pname}"
+
+
+@pytest.mark.parametrize("name", SURJECTIVE)
+def test_surjective_conditionals_score_their_own_path_and_depend_on_the_context(name):
+    flow, model = _conditional(name)
+    c = torch.randn(32, K, dtype=torch.float64)
+    conditioned = model.condition(c)
+    s = conditioned.rsample()
+    assert torch.equal(conditioned.log_prob(s), conditioned.log_prob(s))
+    random_part = flow.parts[-1]
+    z = torch.rand(32, random_part.domain_dim, dtype=torch.float64) + 0.1
+    x = random_part.condition(c)(z)
+    assert not torch.allclose(random_part.condition(c).log_abs_det_jacobian(z, x),
+                              random_part.condition(c + 1.0).log_abs_det_jacobian(z, x))
 
 
 def test_records_key_on_the_context():

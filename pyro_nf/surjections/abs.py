@@ -8,7 +8,7 @@ import torch
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from ..base import FlowTransform
+from ..base import FlowTransform, check_context_dim
 from ..nn import MLP
 
 
@@ -33,34 +33,41 @@ class Abs(FlowTransform):
     domain = constraints.independent(constraints.positive, 1)
     codomain = constraints.real_vector
 
-    def __init__(self, input_dim: int, learn_signs: bool = False, hidden_dims=(32, 32), cache_size: int = 1):
+    def __init__(self, input_dim: int, learn_signs: bool = False, hidden_dims=(32, 32), cache_size: int = 1,
+                 context_dim: int = 0):
         super().__init__(input_dim, cache_size=cache_size)
-        self.sign_logits = MLP(input_dim, input_dim, hidden_dims) if learn_signs else None
+        context_dim = check_context_dim(context_dim, "Abs")
+        if context_dim and not learn_signs:
+            raise ValueError("Abs: a context only conditions learned signs (learn_signs=True)")
+        self.context_dim = context_dim
+        self.sign_logits = MLP(input_dim, input_dim, hidden_dims, context_features=context_dim) if learn_signs \
+            else None
 
-    def _log_p_positive(self, z):
-        """``log p(s_i = +1 | z)`` and ``log p(s_i = -1 | z)``."""
+    def _log_p_positive(self, z, context=None):
+        """``log p(s_i = +1 | z)`` and ``log p(s_i = -1 | z)`` (given the context ``c`` when there is one)."""
         if self.sign_logits is None:
             half = torch.full_like(z, -math.log(2.0))
             return half, half
-        logits = self.sign_logits(z)
+        logits = self.sign_logits(z, context) if self.context_dim else self.sign_logits(z)
         return F.logsigmoid(logits), F.logsigmoid(-logits)
 
-    def _ladj_from_signs(self, z, positive):
-        log_pos, log_neg = self._log_p_positive(z)
+    def _ladj_from_signs(self, z, positive, context=None):
+        log_pos, log_neg = self._log_p_positive(z, context)
         return -torch.where(positive, log_pos, log_neg).sum(-1)
 
-    def _forward_with_ladj(self, z):
-        log_pos, _ = self._log_p_positive(z)
+    def _forward_with_ladj(self, z, context=None):
+        log_pos, _ = self._log_p_positive(z, context)
+        z = z.expand_as(log_pos)
         positive = torch.rand_like(z) < log_pos.exp()
         x = torch.where(positive, z, -z)
-        return x, self._ladj_from_signs(z, positive)
+        return x, self._ladj_from_signs(z, positive, context)
 
-    def _inverse_with_ladj(self, x):
+    def _inverse_with_ladj(self, x, context=None):
         z = x.abs()
-        return z, self._ladj_from_signs(z, x >= 0)
+        return z, self._ladj_from_signs(z, x >= 0, context)
 
-    def _ladj(self, z, x):
-        return self._ladj_from_signs(z, x >= 0)
+    def _ladj(self, z, x, context=None):
+        return self._ladj_from_signs(z, x >= 0, context)
 
     def extra_repr(self):
         return f"input_dim={self.input_dim}, learn_signs={self.sign_logits is not None}"

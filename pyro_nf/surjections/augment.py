@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..base import FlowTransform
+from ..base import FlowTransform, check_context_dim
 from ..nn import MLP, soft_clamp
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -22,27 +22,29 @@ class ConditionalGaussian(nn.Module):
     degenerate (too narrow) long before it could fit anything."""
 
     def __init__(self, context_dim: int, size: int, learned: bool, hidden_dims=(32, 32),
-                 log_scale_bound: float = 3.0):
+                 log_scale_bound: float = 3.0, extra_context_dim: int = 0):
         super().__init__()
         if not log_scale_bound > 0:
             raise ValueError(f"ConditionalGaussian: log_scale_bound must be positive, got {log_scale_bound!r}")
         self.size = size
         self.log_scale_bound = float(log_scale_bound)
-        self.net = MLP(context_dim, 2 * size, hidden_dims) if learned else None
+        self.extra_context_dim = extra_context_dim
+        self.net = MLP(context_dim, 2 * size, hidden_dims, context_features=extra_context_dim) if learned else None
 
-    def _loc_log_scale(self, context):
+    def _loc_log_scale(self, context, extra=None):
         if self.net is None:
             zeros = context.new_zeros(*context.shape[:-1], self.size)
             return zeros, zeros
-        loc, raw = self.net(context).chunk(2, dim=-1)
+        out = self.net(context, extra) if self.extra_context_dim else self.net(context)
+        loc, raw = out.chunk(2, dim=-1)
         return loc, soft_clamp(raw, self.log_scale_bound)
 
-    def sample(self, context):
-        loc, log_scale = self._loc_log_scale(context)
+    def sample(self, context, extra=None):
+        loc, log_scale = self._loc_log_scale(context, extra)
         return loc + log_scale.exp() * torch.randn_like(loc)
 
-    def log_prob(self, value, context):
-        loc, log_scale = self._loc_log_scale(context)
+    def log_prob(self, value, context, extra=None):
+        loc, log_scale = self._loc_log_scale(context, extra)
         standard = (value - loc) * torch.exp(-log_scale)
         return (-0.5 * standard * standard - log_scale - _HALF_LOG_2PI).sum(-1)
 
@@ -70,26 +72,31 @@ class Augment(FlowTransform):
     bijective = False
 
     def __init__(self, input_dim: int, augment_dim: int, learned: bool = False, hidden_dims=(32, 32),
-                 cache_size: int = 1):
+                 cache_size: int = 1, context_dim: int = 0):
         _check_sizes("Augment", input_dim, augment_dim, "augment_dim")
         super().__init__(input_dim, cache_size=cache_size)
+        context_dim = check_context_dim(context_dim, "Augment")
+        if context_dim and not learned:
+            raise ValueError("Augment: a context only conditions a learned q(e | x, c) (learned=True)")
+        self.context_dim = context_dim
         self.augment_dim = augment_dim
-        self.noise = ConditionalGaussian(input_dim, augment_dim, learned, hidden_dims)
+        self.noise = ConditionalGaussian(input_dim, augment_dim, learned, hidden_dims, extra_context_dim=context_dim)
 
     @property
     def domain_dim(self) -> int:
         return self.input_dim + self.augment_dim
 
-    def _forward_with_ladj(self, z):
+    def _forward_with_ladj(self, z, context=None):
         x, e = z.split([self.input_dim, self.augment_dim], dim=-1)
-        return x, self.noise.log_prob(e, x)
+        return x, self.noise.log_prob(e, x, context)
 
-    def _inverse_with_ladj(self, x):
-        e = self.noise.sample(x)
-        return torch.cat([x, e], dim=-1), self.noise.log_prob(e, x)
+    def _inverse_with_ladj(self, x, context=None):
+        e = self.noise.sample(x, context)
+        x = x.expand(*e.shape[:-1], -1)
+        return torch.cat([x, e], dim=-1), self.noise.log_prob(e, x, context)
 
-    def _ladj(self, z, x):
-        return self.noise.log_prob(z[..., self.input_dim:], x)
+    def _ladj(self, z, x, context=None):
+        return self.noise.log_prob(z[..., self.input_dim:], x, context)
 
     def extra_repr(self):
         return f"input_dim={self.input_dim}, augment_dim={self.augment_dim}, learned={self.noise.net is not None}"
