@@ -131,6 +131,39 @@ class Recording:
             return None
         return record
 
+    # the calls, shared by layers and flows: each defines forward_and_ladj(z) and _computed_inverse(x)
+    def inverse_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log|det dx/dz|)`` for ``z = inv(x)``: from the record when ``x`` is the output of the pair
+        this transform made (and nothing changed since), else computed; makes no record."""
+        record = self._recall(x=x)
+        if record is not None:
+            return record.z, record.ladj
+        return self._computed_inverse(x)
+
+    def __call__(self, z):
+        record = self._recall(z=z)
+        if record is not None:
+            return record.x
+        x, ladj = self.forward_and_ladj(z)
+        self._remember(z, x, ladj)
+        return x
+
+    def _inv_call(self, x):
+        record = self._recall(x=x)
+        if record is not None:
+            return record.z
+        z, ladj = self._computed_inverse(x)
+        self._remember(z, x, ladj)
+        return z
+
+    def _call(self, z):
+        """The sampling direction, computed (torch's ``Transform`` hook)."""
+        return self.forward_and_ladj(z)[0]
+
+    def _inverse(self, x):
+        """The density direction, computed (torch's ``Transform`` hook)."""
+        return self._computed_inverse(x)[0]
+
     def _remember(self, z, x, ladj) -> None:
         if self._records and not torch.compiler.is_compiling():
             # through __dict__: no nn.Module.__setattr__ on the call path
@@ -302,41 +335,11 @@ class FlowTransform(Recording, TransformModule):
         self._check_input(z, self.domain_dim, "forward input")
         return in_call(self._forward_with_ladj, z)
 
-    def inverse_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log|det dx/dz|)`` for ``z = inv(x)``: from the record when ``x`` is the output of the pair
-        this layer made (and nothing changed since), else computed; makes no record."""
-        record = self._recall(x=x)
-        if record is not None:
-            return record.z, record.ladj
+    def _computed_inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_input(x, self.codomain_dim, "inverse input")
         return in_call(self._inverse_with_ladj, x)
 
     # ----------------------------------------------------------------- torch Transform API
-    def __call__(self, z):
-        record = self._recall(z=z)
-        if record is not None:
-            return record.x
-        x, ladj = self.forward_and_ladj(z)
-        self._remember(z, x, ladj)
-        return x
-
-    def _inv_call(self, x):
-        record = self._recall(x=x)
-        if record is not None:
-            return record.z
-        z, ladj = self.inverse_and_ladj(x)
-        self._remember(z, x, ladj)
-        return z
-
-    def _call(self, z):
-        """The sampling direction, computed (torch's ``Transform`` hook)."""
-        return self.forward_and_ladj(z)[0]
-
-    def _inverse(self, x):
-        """The density direction, computed (torch's ``Transform`` hook)."""
-        self._check_input(x, self.codomain_dim, "inverse input")
-        return in_call(self._inverse_with_ladj, x)[0]
-
     def log_abs_det_jacobian(self, z, x):
         record = self._recall(z=z, x=x)
         if record is not None:

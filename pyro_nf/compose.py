@@ -97,12 +97,7 @@ class Flow(Recording, ComposeTransformModule):
         """``(x, log|det dx/dz|)``: the sampling direction through every layer, one call each."""
         return in_call(self._walk_forward, z)
 
-    def inverse_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z, log|det dx/dz|)`` for ``z = inv(x)``: from the record when ``x`` is the output of the pair
-        this flow made (and nothing changed since), else the density direction through every layer."""
-        record = self._recall(x=x)
-        if record is not None:
-            return record.z, record.ladj
+    def _computed_inverse(self, x):
         return in_call(self._walk_inverse, x)
 
     def _walk_forward(self, z):
@@ -120,28 +115,6 @@ class Flow(Recording, ComposeTransformModule):
         return x, (total if total is not None else x.new_zeros(x.shape[:-1]))
 
     # ----------------------------------------------------------------- torch Transform API
-    def __call__(self, z):
-        record = self._recall(z=z)
-        if record is not None:
-            return record.x
-        x, ladj = self.forward_and_ladj(z)
-        self._remember(z, x, ladj)
-        return x
-
-    def _inv_call(self, x):
-        record = self._recall(x=x)
-        if record is not None:
-            return record.z
-        z, ladj = in_call(self._walk_inverse, x)
-        self._remember(z, x, ladj)
-        return z
-
-    def _call(self, z):
-        return self.forward_and_ladj(z)[0]
-
-    def _inverse(self, x):
-        return in_call(self._walk_inverse, x)[0]
-
     @property
     def inv(self):
         # one inverse object calling this flow's _inv_call (ComposeTransform's would chain the parts' inverses
