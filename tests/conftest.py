@@ -9,6 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The tests run many tiny tensor operations, which a second intra-op thread only slows down, and on a busy
+# machine OpenMP's spinning threads make them 10-60x slower (measured: a small MAF step, 3 ms on one thread,
+# 190 ms on two under load). Subprocesses (benchmarks, notebooks) keep torch's default.
+torch.set_num_threads(1)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="CUDA is not available on this machine"))]
 DTYPES = [torch.float32, torch.float64]
