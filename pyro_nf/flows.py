@@ -290,5 +290,21 @@ def _snf(dim, num_layers=4, hidden_dims=(64, 64), energy=None, kernel="metropoli
     return layers
 
 
+@register("residual", "Residual flow: invertible residual blocks x + g(x), g spectrally normalised to Lipschitz < 1, "
+                      "ActNorm between them (Behrmann et al., 2019; Chen et al., 2019)")
+def _residual(dim, num_layers=8, hidden_dims=(64, 64), lipschitz=0.97, actnorm=True, direction="density",
+              n_exact_terms=2, geom_p=0.5, n_power_series=None, exact_below_dim=8, beta=10.0):
+    from .transforms.residual import Residual  # local: this builder is appended without touching the imports
+
+    layers = []
+    for _ in range(num_layers):
+        layers.append(Residual(dim, hidden_dims, lipschitz, direction, n_exact_terms, geom_p, n_power_series,
+                               exact_below_dim, beta=beta))
+        # after each block in sampling order, so the density direction standardises its input first
+        if actnorm:
+            layers.append(ActNorm(dim))
+    return layers
+
+
 __all__ = ["Flow", "build", "is_positive", "log_prob_estimate", "names", "options", "register", "standardized",
            "transformed"]

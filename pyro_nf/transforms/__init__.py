@@ -14,6 +14,7 @@ from .linear import AffineConstant, InvertibleLinear, Permutation, reverse
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar
 from .radial import Radial
+from .residual import LipSwish, Residual, residual
 from .scalar import Affine, ScalarTransformer, Shift
 from .spline import RationalQuadraticSpline, Spline, SplineCoupling, spline_coupling
 
@@ -30,11 +31,13 @@ __all__ = [
     "FlowTransform",
     "InvertibleLinear",
     "LeakyReLU",
+    "LipSwish",
     "PReLU",
     "Permutation",
     "Planar",
     "Radial",
     "RationalQuadraticSpline",
+    "Residual",
     "ScalarTransformer",
     "Shift",
     "Softplus",
@@ -44,6 +47,7 @@ __all__ = [
     "additive_coupling",
     "affine_autoregressive",
     "affine_coupling",
+    "residual",
     "reverse",
     "spline_autoregressive",
     "spline_coupling",
