@@ -30,6 +30,7 @@ from .transforms import (
     SplineCoupling,
 )
 from .transforms.autoregressive import default_hidden_dims
+from .transforms.continuous import ContinuousFlow
 from .transforms.elementwise import Softplus
 
 
@@ -288,6 +289,26 @@ def _snf(dim, num_layers=4, hidden_dims=(64, 64), energy=None, kernel="metropoli
         target = energy if energy is not None else standard_normal_energy
         layers.append(kernels[kernel](dim, AnnealedEnergy(target, beta), n_steps=n_steps, step_size=step_size))
     return layers
+
+
+@register("ffjord", "FFJORD: continuous normalizing flow, dz/dt = f(z, t) by an ODE solver, log-det the integrated "
+                    "trace of df/dz (Chen et al., 2018; Grathwohl et al., 2019)")
+def _ffjord(dim, num_layers=1, hidden_dims=(64, 64), T=1.0, learn_T=True, solver="dopri5", atol=None, rtol=None,
+            trace="auto", adjoint=False, kinetic=0.0, jacobian=0.0, activation="tanh"):
+    # one ODE block is already a free-form flow; stacking blocks (each with its own T) adds time-dependence
+    return [ContinuousFlow(dim, hidden_dims, T=T, learn_T=learn_T, solver=solver, atol=atol, rtol=rtol, trace=trace,
+                           adjoint=adjoint, kinetic=kinetic, jacobian=jacobian, activation=activation)
+            for _ in range(num_layers)]
+
+
+@register("augmented_ffjord", "FFJORD on [x, e], e ~ q(e|x) from Augment: an ODE in more dimensions can change "
+                              "the topology of the data (Dupont et al., 2019)")
+def _augmented_ffjord(dim, num_layers=1, hidden_dims=(64, 64), augment_dim=2, learned=True, T=1.0, learn_T=True,
+                      solver="dopri5", atol=None, rtol=None, trace="auto", adjoint=False, kinetic=0.0, jacobian=0.0,
+                      activation="tanh"):
+    blocks = _ffjord(dim + augment_dim, num_layers, hidden_dims, T, learn_T, solver, atol, rtol, trace, adjoint,
+                     kinetic, jacobian, activation)
+    return [*blocks, Augment(dim, augment_dim, learned=learned)]
 
 
 @register("residual", "Residual flow: invertible residual blocks x + g(x), g spectrally normalised to Lipschitz < 1, "

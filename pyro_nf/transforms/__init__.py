@@ -8,6 +8,7 @@ from .autoregressive import (
     affine_autoregressive,
     spline_autoregressive,
 )
+from .continuous import ContinuousFlow, continuous_flow
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, additive_coupling, affine_coupling
 from .elementwise import LeakyReLU, PReLU, Softplus
 from .linear import AffineConstant, InvertibleLinear, Permutation, reverse
@@ -27,6 +28,7 @@ __all__ = [
     "AffineCoupling",
     "Autoregressive",
     "BatchNorm",
+    "ContinuousFlow",
     "Coupling",
     "FlowTransform",
     "InvertibleLinear",
@@ -47,6 +49,7 @@ __all__ = [
     "additive_coupling",
     "affine_autoregressive",
     "affine_coupling",
+    "continuous_flow",
     "residual",
     "reverse",
     "spline_autoregressive",
