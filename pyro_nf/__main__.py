@@ -2,7 +2,7 @@
 fit RealNVP to two moons, print the held-out NLL and write a picture.
 
 ``python -m pyro_nf vi --target U1 --flow planar --layers 32`` fits a flow to an unnormalised 2D
-target by reverse KL (Pyro SVI), prints the reverse KL, the effective sample size and the importance
+target by reverse KL (Pyro's ELBO), prints the reverse KL, the effective sample size and the importance
 estimate of log Z against quadrature, and writes a picture (target | flow samples | flow density)."""
 
 from __future__ import annotations
@@ -31,6 +31,47 @@ def _setup(args):
     return device, torch.float64 if args.float64 else torch.float32
 
 
+SPLIT = (0.8, 0.1, 0.1)  # train, validation, test fractions of the fit command's data
+
+
+def _split_sizes(n: int) -> list[int]:
+    """How many of ``n`` points ``datasets.split`` puts in each part of ``SPLIT``."""
+    return [part.shape[0] for part in datasets.split(torch.empty(n, 0), SPLIT, seed=0)]
+
+
+def _check_fit_sizes(parser, args) -> None:
+    """Exit through ``parser.error`` (status 2), before any training, when ``--n`` leaves a part of the
+    split empty: the fit needs training points, validation points and test points."""
+    sizes = _split_sizes(args.n)
+    if min(sizes) >= 1:
+        return
+    need = next(m for m in range(1, 10_000) if all(min(_split_sizes(k)) >= 1 for k in range(m, m + 20)))
+    parser.error(f"--n {args.n} is too small: the {'/'.join(f'{f:.0%}' for f in SPLIT)} split leaves "
+                 f"{sizes[0]} training, {sizes[1]} validation and {sizes[2]} test points, and the fit needs at "
+                 f"least one of each; use --n {need} or more")
+
+
+def _positive(kind):
+    """An argparse type: ``kind`` (int or float) and greater than zero."""
+
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
+def _diverged(error) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
 def _fit(args) -> int:
     from . import plot
 
@@ -39,14 +80,17 @@ def _fit(args) -> int:
         return 2
     device, dtype = setup
     data = datasets.load(args.data, n=args.n, seed=args.seed, device=device, dtype=dtype)
-    train, val, test = datasets.split(data, (0.8, 0.1, 0.1), seed=args.seed)
+    train, val, test = datasets.split(data, SPLIT, seed=args.seed)
     flow = flows.build(args.flow, data.shape[-1]).to(device=device, dtype=dtype)
     model = flows.transformed(flow)
     print(f"fitting {args.flow!r} to {args.data!r}: {train.shape[0]} training points, {args.steps} steps, "
           f"{sum(p.numel() for p in flow.parameters())} parameters, {device}, {dtype}")
     start = time.perf_counter()
-    history = infer.fit_density(model, train, validation=val, steps=args.steps, batch_size=args.batch_size,
-                                lr=args.lr, seed=args.seed, progress=not args.quiet)
+    try:
+        history = infer.fit_density(model, train, validation=val, steps=args.steps, batch_size=args.batch_size,
+                                    lr=args.lr, seed=args.seed, progress=not args.quiet)
+    except infer.FitDivergedError as error:
+        return _diverged(error)
     test_nll = infer.nll(model, test)
     elapsed = time.perf_counter() - start
     print(f"held-out NLL: {test_nll:.4f} nats  (best validation {history.best_val_nll:.4f} at step "
@@ -73,8 +117,11 @@ def _vi(args) -> int:
     print(f"fitting {args.flow!r} ({args.layers} layers, {sum(p.numel() for p in flow.parameters())} parameters) "
           f"to {target.name} by reverse KL: {args.steps} steps x {args.particles} particles, lr {args.lr}, "
           f"{schedule}, {device}, {dtype}")
-    history = infer.fit_target(model, target, steps=args.steps, lr=args.lr, num_particles=args.particles,
-                               annealing=annealing, seed=args.seed, progress=not args.quiet)
+    try:
+        history = infer.fit_target(model, target, steps=args.steps, lr=args.lr, num_particles=args.particles,
+                                   annealing=annealing, seed=args.seed, progress=not args.quiet)
+    except infer.FitDivergedError as error:
+        return _diverged(error)
     n = args.eval_samples
     kl = infer.reverse_kl(model, target, n)
     ess = infer.effective_sample_size(model, target, n)
@@ -101,27 +148,27 @@ def main(argv=None) -> int:
     planar_sets = sorted(name for name in datasets.DATASETS if datasets.load(name, 4, seed=0).shape[-1] == 2)
     fit.add_argument("--data", default="moons", choices=planar_sets, help="a 2D toy data set")
     fit.add_argument("--flow", default="realnvp", choices=flows.names())
-    fit.add_argument("--n", type=int, default=5000, help="number of data points (default 5000)")
-    fit.add_argument("--steps", type=int, default=2000)
-    fit.add_argument("--batch-size", type=int, default=256)
-    fit.add_argument("--lr", type=float, default=2e-3)
+    fit.add_argument("--n", type=_positive(int), default=5000, help="number of data points (default 5000)")
+    fit.add_argument("--steps", type=_positive(int), default=2000)
+    fit.add_argument("--batch-size", type=_positive(int), default=256)
+    fit.add_argument("--lr", type=_positive(float), default=2e-3)
     fit.add_argument("--device", default="cpu")
     fit.add_argument("--float64", action="store_true", help="fit in float64")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", default="pyro_nf_fit.png", help="where to write the picture")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_fit)
-    vi = sub.add_parser("vi", help="reverse-KL fit of a flow to an unnormalised 2D target (Pyro SVI)")
+    vi = sub.add_parser("vi", help="reverse-KL fit of a flow to an unnormalised 2D target (Pyro's ELBO)")
     vi.add_argument("--target", default="U1", choices=list(targets.TARGETS), help="an energy target")
     vi.add_argument("--flow", default="planar", choices=flows.names())
-    vi.add_argument("--layers", type=int, default=32, help="number of layers (default 32)")
-    vi.add_argument("--steps", type=int, default=10000)
-    vi.add_argument("--lr", type=float, default=2e-2)
-    vi.add_argument("--particles", type=int, default=256, help="samples per step (default 256)")
+    vi.add_argument("--layers", type=_positive(int), default=32, help="number of layers (default 32)")
+    vi.add_argument("--steps", type=_positive(int), default=10000)
+    vi.add_argument("--lr", type=_positive(float), default=2e-2)
+    vi.add_argument("--particles", type=_positive(int), default=256, help="samples per step (default 256)")
     vi.add_argument("--beta0", type=float, default=0.2, help="annealing: first inverse temperature (default 0.2)")
     vi.add_argument("--anneal-steps", type=int, default=None,
                     help="annealing: steps until beta reaches 1 (default: a tenth of the steps; 0: no annealing)")
-    vi.add_argument("--eval-samples", type=int, default=20000, help="samples for KL, ESS and log Z")
+    vi.add_argument("--eval-samples", type=_positive(int), default=20000, help="samples for KL, ESS and log Z")
     vi.add_argument("--device", default="cpu")
     vi.add_argument("--float64", action="store_true", help="fit in float64")
     vi.add_argument("--seed", type=int, default=0)
@@ -135,6 +182,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "fit":
+        _check_fit_sizes(fit, args)
     return args.run(args)
 
 

@@ -54,3 +54,35 @@ def test_vi_defaults_and_bad_options(monkeypatch):
     assert (args.target, args.flow, args.layers, args.steps, args.anneal_steps) == ("U1", "planar", 32, 10000, None)
     with pytest.raises(SystemExit):
         main(["vi", "--target", "U9"])
+
+
+def test_fit_with_too_few_points_is_a_usage_error_before_training(monkeypatch, capsys):
+    """--n 3 used to train, then die in the test NLL with ZeroDivisionError (an empty test split)."""
+    import pyro_nf.__main__ as cli
+
+    monkeypatch.setattr(cli.infer, "fit_density", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as caught:
+        main(["fit", "--n", "3", "--quiet"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert ("--n 3 is too small: the 80%/10%/10% split leaves 2 training, 1 validation and 0 test points, and the "
+            "fit needs at least one of each; use --n 8 or more") in err
+    for bad in (["--n", "0"], ["--steps", "0"], ["--batch-size", "-1"], ["--lr", "0"]):
+        with pytest.raises(SystemExit) as caught:
+            main(["fit", *bad])
+        assert caught.value.code == 2 and "expected a positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        main(["vi", "--particles", "0"])
+    assert caught.value.code == 2
+    seen = {}
+    monkeypatch.setattr(cli, "_fit", lambda args: seen.setdefault("n", args.n) and 0)
+    assert main(["fit", "--n", "8"]) == 0 and seen["n"] == 8  # the smallest size with a point in every part
+
+
+def test_fit_that_diverges_says_so_and_exits_1(tmp_path, capsys):
+    out = tmp_path / "fit.png"
+    argv = ["fit", "--flow", "maf", "--lr", "1", "--n", "400", "--steps", "50", "--out", str(out), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: fit_density: the (gradient norm|loss) became \S+ at step \d+ \(lr 1, ", err), err
+    assert "try a smaller lr (now 1; e.g. 0.1)" in err and not out.exists()

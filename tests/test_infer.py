@@ -168,7 +168,6 @@ def test_diagnostics_follow_the_model_dtype_and_reject_bad_input():
         infer.effective_sample_size(model32, target, 0)
 
 
-@pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_fit_target_stops_on_a_non_finite_loss():
     import pyro.distributions as dist
 
@@ -183,8 +182,12 @@ def test_fit_target_stops_on_a_non_finite_loss():
             return value.sum(-1) * float("nan")
 
     flow = nf.build("planar", 2, num_layers=1)
-    with pytest.raises(RuntimeError, match="fit_target: the loss became nan at step 1; try a smaller lr"):
+    before = [p.detach().clone() for p in flow.parameters()]
+    with pytest.raises(infer.FitDivergedError, match=r"fit_target: the loss became nan at step 1 \(lr 0.02, .*\); "
+                                                     r"try a smaller lr") as caught:
         infer.fit_target(flow, Broken(), steps=3, num_particles=4, progress=False)
+    assert isinstance(caught.value, RuntimeError) and (caught.value.step, caught.value.quantity) == (1, "loss")
     import pyro
 
     assert list(pyro.get_param_store().keys()) == []  # cleaned up after the error too
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters())) and not flow.training
