@@ -27,6 +27,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import TransformedDistribution, biject_to
 from tqdm.auto import tqdm
 
+from .compose import ConditionalFlow, ConditionalFlowDistribution
 from .distributions import StandardNormal
 from .flows import Flow, build, names, transformed
 from .flows import options as flow_options
@@ -48,15 +49,45 @@ class History:
 
 
 def _as_distribution(model) -> TransformedDistribution:
-    if isinstance(model, TransformedDistribution):
+    if isinstance(model, (TransformedDistribution, ConditionalFlowDistribution)):
         return model
-    if isinstance(model, torch.nn.Module) and hasattr(model, "inverse_shape"):
+    if isinstance(model, ConditionalFlow) or (isinstance(model, torch.nn.Module) and hasattr(model, "inverse_shape")):
         return transformed(model)
     raise TypeError(f"expected a TransformedDistribution or a flow, got {type(model).__name__}")
 
 
 def _modules(distribution: TransformedDistribution) -> torch.nn.ModuleList:
     return torch.nn.ModuleList([t for t in distribution.transforms if isinstance(t, torch.nn.Module)])
+
+
+def _log_prob(distribution, x, context=None):
+    """``log p(x)``, or ``log p(x | c)`` of a conditional model (one context row per data row)."""
+    if isinstance(distribution, ConditionalFlowDistribution):
+        return distribution.condition(context).log_prob(x)
+    return distribution.log_prob(x)
+
+
+def _data_dim(distribution) -> int:
+    if isinstance(distribution, ConditionalFlowDistribution):
+        return distribution.flow.dim
+    return distribution.event_shape[-1]
+
+
+def _check_context(distribution, data, context, owner: str):
+    """The context rows of a conditional model's data, on the data's device and dtype (``None`` otherwise)."""
+    conditional = isinstance(distribution, ConditionalFlowDistribution)
+    if conditional and context is None:
+        raise ValueError(f"{owner}: the model is conditional (context_dim={distribution.flow.context_dim}); "
+                         "pass context=, one row per data row")
+    if not conditional and context is not None:
+        raise ValueError(f"{owner}: context= was given but the model is not conditional (build it with context_dim)")
+    if context is None:
+        return None
+    context = torch.as_tensor(context)
+    check_data(context, distribution.flow.context_dim, f"{owner} (context)")
+    if context.shape[0] != data.shape[0]:
+        raise ValueError(f"{owner}: {data.shape[0]} data rows but {context.shape[0]} context rows")
+    return context.detach().to(device=data.device, dtype=data.dtype)
 
 
 def _reference(modules, owner: str = "fit_density"):
@@ -80,16 +111,20 @@ def check_data(data: torch.Tensor, dim: int, owner: str) -> None:
 
 
 @torch.no_grad()
-def nll(model, data: torch.Tensor, batch_size: int = 4096) -> float:
-    """Mean negative log-likelihood of ``data`` in nats, evaluated in chunks in eval mode."""
+def nll(model, data: torch.Tensor, batch_size: int = 4096, context: torch.Tensor | None = None) -> float:
+    """Mean negative log-likelihood of ``data`` in nats (of ``data`` given ``context`` for a conditional
+    model, one context row per data row), evaluated in chunks in eval mode."""
     if data.shape[0] == 0:
         raise ValueError("nll: no data points (an empty tensor has no mean negative log-likelihood)")
     distribution = _as_distribution(model)
+    context = _check_context(distribution, data, context, "nll")
     modules = _modules(distribution)
     was_training = modules.training
     modules.eval()
+    contexts = context.split(batch_size) if context is not None else [None] * len(data.split(batch_size))
     try:
-        total = sum(-distribution.log_prob(chunk).sum().item() for chunk in data.split(batch_size))
+        total = sum(-_log_prob(distribution, chunk, c).sum().item() for chunk, c in zip(data.split(batch_size),
+                                                                                         contexts))
     finally:
         modules.train(was_training)
     return total / data.shape[0]
@@ -199,9 +234,14 @@ def fit_density(
     schedule: str | None = "cosine",
     seed: int | None = None,
     progress: bool = True,
+    context: torch.Tensor | None = None,
 ) -> History:
     r"""Fit ``model`` (a flow, or a ``TransformedDistribution`` over one) to ``data`` ``(N, D)``
     by maximum likelihood: Adam on mini-batches of ``-mean log p(x)``.
+
+    A conditional model (a :class:`~pyro_nf.ConditionalFlow` or ``nf.transformed`` of one) is fitted to
+    ``p(x | c)`` with ``context`` ``(N, context_dim)``, one row per data row, split and batched with the data
+    (``validation`` is then a fraction).
 
     ``validation`` is a fraction of ``data`` held out (``0``: none), or a tensor of validation points;
     its NLL is measured every ``eval_every`` steps. With ``patience`` the fit stops after that many
@@ -231,8 +271,11 @@ def fit_density(
     distribution = _as_distribution(model)
     modules = _modules(distribution)
     ref = _reference(modules)
-    dim = distribution.event_shape[-1]
+    dim = _data_dim(distribution)
     check_data(data, dim, "fit_density")
+    context = _check_context(distribution, data, context, "fit_density")
+    if context is not None and isinstance(validation, torch.Tensor):
+        raise ValueError("fit_density: with a context, validation must be a fraction of the data")
     for label, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"fit_density: {label} must be a positive int, got {value!r}")
@@ -244,6 +287,9 @@ def fit_density(
         raise ValueError(f"fit_density: schedule must be 'cosine' or None, got {schedule!r}")
     _check_clip("fit_density", clip_grad)
     data = data.detach().to(device=ref.device, dtype=ref.dtype)
+    if context is not None:
+        context = context.to(device=ref.device, dtype=ref.dtype)
+    train_c = val_c = None
     if isinstance(validation, torch.Tensor):
         check_data(validation, dim, "fit_density (validation)")
         val_given = validation.detach().to(device=ref.device, dtype=ref.dtype)
@@ -261,13 +307,16 @@ def fit_density(
         else:
             order = torch.randperm(data.shape[0]).to(data.device)
             train, val = data[order[n_val:]], data[order[:n_val]]
+            if context is not None:
+                train_c, val_c = context[order[n_val:]], context[order[:n_val]]
         return _density_loop(distribution, modules, train, val, steps=steps, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, eval_every=eval_every, patience=patience,
-                             clip_grad=clip_grad, schedule=schedule, progress=progress)
+                             clip_grad=clip_grad, schedule=schedule, progress=progress, train_c=train_c,
+                             val_c=val_c)
 
 
 def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, weight_decay, eval_every,
-                  patience, clip_grad, schedule, progress) -> History:
+                  patience, clip_grad, schedule, progress, train_c=None, val_c=None) -> History:
     params = [p for p in modules.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
@@ -281,9 +330,9 @@ def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, w
         for step in bar:
             if cursor + batch_size > train.shape[0]:
                 order, cursor = torch.randperm(train.shape[0]).to(train.device), 0
-            batch = train[order[cursor:cursor + batch_size]]
+            rows = order[cursor:cursor + batch_size]
             cursor += batch_size
-            loss = -distribution.log_prob(batch).mean()
+            loss = -_log_prob(distribution, train[rows], None if train_c is None else train_c[rows]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = _grad_norm(params, clip_grad)
@@ -305,7 +354,7 @@ def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, w
                 window = []
                 postfix = {"train_nll": f"{history.train_nll[-1]:.3f}"}
                 if val.shape[0] > 0:
-                    value = nll(distribution, val)
+                    value = nll(distribution, val, context=val_c)
                     modules.train()
                     history.val_nll.append(value)
                     postfix["val_nll"] = f"{value:.3f}"

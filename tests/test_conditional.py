@@ -117,6 +117,19 @@ def test_records_key_on_the_context():
     assert calls == [], "a sample's own density needs no inverse (IAF's takes D passes)"
 
 
+def test_fit_density_and_nll_take_a_context_and_say_when_it_is_missing():
+    flow, model = _conditional("realnvp", dtype=torch.float32)
+    x, c = torch.randn(64, 2), torch.randn(64, K)
+    with pytest.raises(ValueError, match="the model is conditional.*pass context="):
+        nf.infer.fit_density(model, x, steps=1, progress=False)
+    with pytest.raises(ValueError, match="64 data rows but 10 context rows"):
+        nf.infer.nll(model, x, context=c[:10])
+    with pytest.raises(ValueError, match="not conditional"):
+        nf.infer.nll(nf.build("realnvp", 2, num_layers=1), x, context=c)
+    nf.infer.fit_density(flow, x, context=c, steps=3, batch_size=16, progress=False)
+    assert abs(nf.infer.nll(flow, x, context=c) + model.condition(c).log_prob(x).mean().item()) < 1e-4
+
+
 def test_errors_name_the_layer_and_the_shape():
     flow, model = _conditional("realnvp", dtype=torch.float32)
     with pytest.raises(ValueError, match=r"AffineCoupling: expected a context of shape \(\.\.\., 3\), got \(5, 2\)"):
@@ -143,19 +156,11 @@ def test_learns_a_linear_gaussian_conditional_to_its_entropy():
     c_test, x_test = simulate(4000)
     flow = nf.build("maf", 2, context_dim=K, num_layers=3, hidden_dims=(32, 32))
     model = nf.transformed(flow)
-    opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
-    steps = 1200
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        idx = torch.randint(0, 8000, (512,))
-        loss = -model.condition(c_train[idx]).log_prob(x_train[idx]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    flow.eval()
+    history = nf.infer.fit_density(model, x_train, context=c_train, steps=1200, batch_size=512, lr=3e-3,
+                                   eval_every=400, progress=False, seed=0)
+    assert len(history.val_nll) == 3 and not flow.training
     with torch.no_grad():
-        nll = -model.condition(c_test).log_prob(x_test).mean().item()
+        nll = nf.infer.nll(model, x_test, context=c_test)
         entropy = math.log(2 * math.pi * math.e * 0.25)
         assert abs(nll - entropy) < 0.1, f"held-out NLL {nll:.3f} vs entropy {entropy:.3f}"
         contexts = torch.randn(4, K)

@@ -86,7 +86,7 @@ def test_any_failure_restores_the_best_validated_parameters(monkeypatch, patienc
     model = nf.transformed(flow)
     evaluations = []
     nll = infer.nll
-    monkeypatch.setattr(infer, "nll", lambda m, d: evaluations.append((nll(m, d), _state(flow))) or
+    monkeypatch.setattr(infer, "nll", lambda m, d, **kw: evaluations.append((nll(m, d, **kw), _state(flow))) or
                         evaluations[-1][0])
     _FailAt(model, flow, at=23, error=error)
     expected = infer.FitDivergedError if error is None else KeyboardInterrupt
