@@ -4,7 +4,7 @@ Layers are ``pyro.distributions.TransformModule`` subclasses whose forward is th
 direction; named architectures come from :func:`pyro_nf.flows.build`.
 """
 
-from . import datasets, distributions, flows, infer, nn, targets, transforms
+from . import datasets, distributed, distributions, flows, infer, nn, targets, transforms
 from .compose import ConditionalFlow, ConditionalFlowDistribution
 from .distributions import FlowDistribution, StandardNormal
 from .flows import Flow, build, names, transformed
@@ -20,6 +20,7 @@ __all__ = [
     "StandardNormal",
     "build",
     "datasets",
+    "distributed",
     "distributions",
     "flows",
     "infer",

@@ -15,6 +15,7 @@ import time
 import torch
 
 from . import datasets, flows, infer, targets
+from . import distributed as multiprocess
 
 
 def _setup(args):
@@ -79,12 +80,17 @@ def _fit(args) -> int:
     if setup is None:
         return 2
     device, dtype = setup
+    if multiprocess.launched():  # under torchrun: one process per device, process 0 reports
+        device = multiprocess.setup(device)
+    say = print if multiprocess.is_main() else (lambda *a, **k: None)
     data = datasets.load(args.data, n=args.n, seed=args.seed, device=device, dtype=dtype)
     train, val, test = datasets.split(data, SPLIT, seed=args.seed)
+    torch.manual_seed(args.seed)  # the same initial parameters on every process
     flow = flows.build(args.flow, data.shape[-1]).to(device=device, dtype=dtype)
     model = flows.transformed(flow)
-    print(f"fitting {args.flow!r} to {args.data!r}: {train.shape[0]} training points, {args.steps} steps, "
-          f"{sum(p.numel() for p in flow.parameters())} parameters, {device}, {dtype}")
+    say(f"fitting {args.flow!r} to {args.data!r}: {train.shape[0]} training points, {args.steps} steps, "
+        f"{sum(p.numel() for p in flow.parameters())} parameters, {device}, {dtype}"
+        + (f", {multiprocess.world_size()} processes" if multiprocess.active() else ""))
     start = time.perf_counter()
     try:
         history = infer.fit_density(model, train, validation=val, steps=args.steps, batch_size=args.batch_size,
@@ -93,11 +99,13 @@ def _fit(args) -> int:
         return _diverged(error)
     test_nll = infer.nll(model, test)
     elapsed = time.perf_counter() - start
-    print(f"held-out NLL: {test_nll:.4f} nats  (best validation {history.best_val_nll:.4f} at step "
-          f"{history.best_step}; fit {elapsed:.1f} s)")
-    plot.data_vs_model(test if test.shape[0] >= 500 else data, model, path=args.out,
-                       title=f"{args.flow} on {args.data}: held-out NLL {test_nll:.3f} nats")
-    print(f"wrote {args.out}")
+    if multiprocess.is_main():
+        print(f"held-out NLL: {test_nll:.4f} nats  (best validation {history.best_val_nll:.4f} at step "
+              f"{history.best_step}; fit {elapsed:.1f} s)")
+        plot.data_vs_model(test if test.shape[0] >= 500 else data, model, path=args.out,
+                           title=f"{args.flow} on {args.data}: held-out NLL {test_nll:.3f} nats")
+        print(f"wrote {args.out}")
+    multiprocess.cleanup()
     return 0
 
 

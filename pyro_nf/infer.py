@@ -27,6 +27,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import TransformedDistribution, biject_to
 from tqdm.auto import tqdm
 
+from . import distributed as multiprocess
 from .compose import ConditionalFlow, ConditionalFlowDistribution
 from .distributions import StandardNormal
 from .flows import Flow, build, names, transformed
@@ -235,6 +236,7 @@ def fit_density(
     seed: int | None = None,
     progress: bool = True,
     context: torch.Tensor | None = None,
+    distributed: bool | None = None,
 ) -> History:
     r"""Fit ``model`` (a flow, or a ``TransformedDistribution`` over one) to ``data`` ``(N, D)``
     by maximum likelihood: Adam on mini-batches of ``-mean log p(x)``.
@@ -260,6 +262,17 @@ def fit_density(
     **Sizes.** Checked before training: a fraction that leaves no training point, or rounds to no
     validation point (``validation=0.1`` of 5 points), raises ``ValueError`` with the counts, as does
     ``patience`` without validation points.
+
+    **More than one process.** With ``distributed=True`` (default: whenever the process was launched by
+    ``torchrun``) the fit joins the process group (gloo on the CPU, NCCL on CUDA) and trains one model with
+    ``DistributedDataParallel``: every process draws the same split and batch order (the seed is process
+    0's), scores its equal share of each global batch of ``batch_size`` rows, and the averaged gradients
+    are those of the global batch, so the result equals the single-process fit up to the order of
+    floating-point reductions. The loss and gradient norm are averaged over processes before the
+    divergence check, and the validation NLL is summed over the processes' shares, so every process decides
+    the same. ActNorm is initialised from the first global batch on every process before training;
+    BatchNorm's running statistics are process 0's. Only process 0 shows the progress bar. See
+    :mod:`pyro_nf.distributed`.
 
     **Failures.** At every step the loss and the gradients' global norm are checked (read together,
     the one host sync per step the loss needs anyway) before the update; if either is not finite the
@@ -301,6 +314,16 @@ def fit_density(
         if patience is not None and n_val == 0:
             raise ValueError("fit_density: patience needs validation points, but validation=0 holds none out; "
                              "give a validation fraction or tensor")
+    if distributed is None:
+        distributed = multiprocess.launched()
+    if distributed:
+        multiprocess.setup(ref.device)
+        if batch_size % multiprocess.world_size():
+            raise ValueError(f"fit_density: batch_size {batch_size} must be divisible by the number of processes "
+                             f"({multiprocess.world_size()}) so that every process scores an equal share")
+        if seed is None:  # one seed for all: the processes must agree on the split and the batches
+            shared = torch.randint(0, 2**31 - 1, (), device=ref.device if ref.device.type == "cuda" else "cpu")
+            seed = int(multiprocess.broadcast_tensor(shared))
     with _seeded(seed, ref.device):
         if n_val is None:
             train, val = data, val_given
@@ -312,32 +335,71 @@ def fit_density(
         return _density_loop(distribution, modules, train, val, steps=steps, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, eval_every=eval_every, patience=patience,
                              clip_grad=clip_grad, schedule=schedule, progress=progress, train_c=train_c,
-                             val_c=val_c)
+                             val_c=val_c, distributed=bool(distributed))
+
+
+class _ShardLoss(torch.nn.Module):
+    """``-mean log p(x | c)`` of a shard, as a module's forward: what ``DistributedDataParallel`` wraps (it
+    synchronises gradients for the parameters that a wrapped forward used)."""
+
+    def __init__(self, distribution, modules):
+        super().__init__()
+        self.modules_ = modules
+        self.distribution = distribution
+
+    def forward(self, x, context=None):
+        return -_log_prob(self.distribution, x, context).mean()
+
+
+def _sharded_nll(distribution, val, val_c) -> float:
+    """The validation NLL of the whole validation set, each process scoring its share."""
+    rows = multiprocess.shard(torch.arange(val.shape[0], device=val.device))
+    with torch.no_grad():
+        part = -_log_prob(distribution, val[rows], None if val_c is None else val_c[rows]).sum()
+    total = multiprocess.all_reduce_sum(part.reshape(1).to(torch.float64))
+    return float(total) / val.shape[0]
 
 
 def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, weight_decay, eval_every,
-                  patience, clip_grad, schedule, progress, train_c=None, val_c=None) -> History:
+                  patience, clip_grad, schedule, progress, train_c=None, val_c=None, distributed=False) -> History:
     params = [p for p in modules.parameters() if p.requires_grad]
+    world = multiprocess.world_size() if distributed else 1
+    ddp = None
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
     history = History()
     best_state, bad_evals, window = None, 0, []
     modules.train()
     start = time.perf_counter()
-    bar = tqdm(range(1, steps + 1), disable=not progress, desc="fit_density", leave=True)
+    bar = tqdm(range(1, steps + 1), disable=not progress or not multiprocess.is_main(), desc="fit_density",
+               leave=True)
     order, cursor = torch.randperm(train.shape[0]).to(train.device), 0
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        first = order[:batch_size]
+        with torch.no_grad():  # data-dependent state (ActNorm) from the global first batch, on every process
+            _log_prob(distribution, train[first], None if train_c is None else train_c[first])
+        ddp = DistributedDataParallel(_ShardLoss(distribution, modules))
     try:
         for step in bar:
             if cursor + batch_size > train.shape[0]:
                 order, cursor = torch.randperm(train.shape[0]).to(train.device), 0
             rows = order[cursor:cursor + batch_size]
             cursor += batch_size
-            loss = -_log_prob(distribution, train[rows], None if train_c is None else train_c[rows]).mean()
+            if ddp is not None:
+                rows = multiprocess.shard(rows)
+                loss = ddp(train[rows], None if train_c is None else train_c[rows])
+            else:
+                loss = -_log_prob(distribution, train[rows], None if train_c is None else train_c[rows]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = _grad_norm(params, clip_grad)
+            checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
+            if ddp is not None:  # every process decides on the global values
+                checked = multiprocess.all_reduce_sum(checked) / world
             # the step's one host sync: loss and gradient norm together, checked before the update
-            loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.dtype)]).tolist()
+            loss_value, norm_value = checked.tolist()
             for quantity, value in (("loss", loss_value), ("gradient norm", norm_value)):
                 if not math.isfinite(value):
                     raise FitDivergedError(
@@ -354,7 +416,8 @@ def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, w
                 window = []
                 postfix = {"train_nll": f"{history.train_nll[-1]:.3f}"}
                 if val.shape[0] > 0:
-                    value = nll(distribution, val, context=val_c)
+                    value = _sharded_nll(distribution, val, val_c) if ddp is not None else \
+                        nll(distribution, val, context=val_c)
                     modules.train()
                     history.val_nll.append(value)
                     postfix["val_nll"] = f"{value:.3f}"
