@@ -17,17 +17,6 @@ from pyro_nf.transforms import ContinuousFlow
 from pyro_nf.transforms.continuous import default_tolerance, last_nfe, regularization
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors, many solver steps: intra-op threads only wait on each other here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def layer(dim=3, dtype=torch.float64, seed=0, **kwargs):
     torch.manual_seed(seed)
     return perturb(ContinuousFlow(dim, (16, 16), **kwargs).to(dtype), seed=seed)

@@ -81,16 +81,6 @@ EXACT = [i for i in IDS if CASES[i].exact is not None]
 assert all(CASES[i].min_dim <= min(EVENT_DIMS) for i in IDS), "a case needs more dimensions than Pyro's routine uses"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the tensors here are tiny: with the machine busy, intra-op threads waiting on each other cost ~8x the work
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
 
 @pytest.fixture(autouse=True)
 def _float64():

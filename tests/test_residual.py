@@ -16,16 +16,6 @@ from pyro_nf.transforms import LipSwish, Residual
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors: on a busy machine, intra-op threads waiting on each other cost ~10x the work
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
 
 def scrambled(layer: Residual, scale: float = 3.0, seed: int = 0) -> Residual:
     """Every weight and bias random and large: the spectral normalisation binds on every layer, and ``g`` is far
