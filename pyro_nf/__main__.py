@@ -1,6 +1,11 @@
 """Command line of pyro_nf. ``python -m pyro_nf`` with no arguments runs the main job:
 fit RealNVP to two moons, print the held-out NLL and write a picture.
 
+``python -m pyro_nf fit --data my.csv --save model.pt`` fits a user's own data (.csv, .npy, .npz, .pt; any
+dimension), standardised inside the saved model so that densities and samples are in the data's units;
+``python -m pyro_nf sample --model model.pt -n 1000 --out samples.csv`` and
+``python -m pyro_nf score --model model.pt --data new.csv`` use the saved model.
+
 ``python -m pyro_nf vi --target U1 --flow planar --layers 32`` fits a flow to an unnormalised 2D
 target by reverse KL (Pyro's ELBO), prints the reverse KL, the effective sample size and the importance
 estimate of log Z against quadrature, and writes a picture (target | flow samples | flow density)."""
@@ -83,10 +88,17 @@ def _fit(args) -> int:
     if multiprocess.launched():  # under torchrun: one process per device, process 0 reports
         device = multiprocess.setup(device)
     say = print if multiprocess.is_main() else (lambda *a, **k: None)
-    data = datasets.load(args.data, n=args.n, seed=args.seed, device=device, dtype=dtype)
+    own = args.data not in datasets.DATASETS
+    if own:
+        data = args.loaded.to(device=device, dtype=dtype)
+    else:
+        data = datasets.load(args.data, n=args.n, seed=args.seed, device=device, dtype=dtype)
     train, val, test = datasets.split(data, SPLIT, seed=args.seed)
     torch.manual_seed(args.seed)  # the same initial parameters on every process
-    flow = flows.build(args.flow, data.shape[-1]).to(device=device, dtype=dtype)
+    flow = flows.build(args.flow, data.shape[-1], **args.flow_options).to(device=device, dtype=dtype)
+    if own and not args.no_standardize:  # fit in standard units, keep the data's units in the model
+        loc, scale = train.mean(0), train.std(0).clamp_min(1e-12)
+        flow = flows.standardized(flow, loc, scale)
     model = flows.transformed(flow)
     say(f"fitting {args.flow!r} to {args.data!r}: {train.shape[0]} training points, {args.steps} steps, "
         f"{sum(p.numel() for p in flow.parameters())} parameters, {device}, {dtype}"
@@ -105,8 +117,90 @@ def _fit(args) -> int:
         plot.data_vs_model(test if test.shape[0] >= 500 else data, model, path=args.out,
                            title=f"{args.flow} on {args.data}: held-out NLL {test_nll:.3f} nats")
         print(f"wrote {args.out}")
+        if args.save:
+            from .io import save
+
+            save(model, args.save)
+            print(f"saved the model to {args.save}")
     multiprocess.cleanup()
     return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+
+    from .io import load
+
+    torch.manual_seed(args.seed)
+    model = load(args.model)
+    with torch.no_grad():
+        x = model.sample((args.n,)).double().numpy()
+    header = ",".join(f"x{i}" for i in range(x.shape[1]))
+    np.savetxt(args.out, x, delimiter=",", header=header, comments="")
+    print(f"wrote {args.n} samples of dimension {x.shape[1]} to {args.out}")
+    return 0
+
+
+def _score(args) -> int:
+    import numpy as np
+
+    from .io import load
+
+    model = load(args.model)
+    dim = model.transforms[0].dim
+    if args.loaded.shape[1] != dim:
+        print(f"error: the model is {dim}-dimensional but {args.data} has {args.loaded.shape[1]} columns",
+              file=sys.stderr)
+        return 2
+    ref = next(iter(model.transforms[0].parameters()))
+    with torch.no_grad():
+        log_p = model.log_prob(args.loaded.to(ref.dtype)).double().numpy()
+    if args.out:
+        np.savetxt(args.out, log_p, delimiter=",", header="log_density", comments="")
+    print(f"mean log density: {log_p.mean():.6f} nats over {log_p.shape[0]} rows"
+          + (f" (per row in {args.out})" if args.out else ""))
+    return 0
+
+
+def _parse_options(parser, args) -> dict:
+    """``--layers``, ``--hidden`` and ``--option key=value`` as options of the architecture."""
+    import ast
+
+    valid = flows.options(args.flow)
+    chosen = {}
+    if args.layers is not None:
+        chosen["num_layers"] = args.layers
+    if args.hidden is not None:
+        try:
+            chosen["hidden_dims"] = tuple(int(v) for v in args.hidden.split(","))
+        except ValueError:
+            parser.error(f"--hidden: expected comma-separated sizes such as 64,64, got {args.hidden!r}")
+    for item in args.option:
+        key, sep, text = item.partition("=")
+        if not sep:
+            parser.error(f"--option: expected key=value, got {item!r}")
+        try:
+            chosen[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            chosen[key] = text
+    unknown = sorted(set(chosen) - set(valid))
+    if unknown:
+        parser.error(f"{args.flow} has no option(s) {unknown}; its options: {', '.join(sorted(valid))}")
+    return chosen
+
+
+def _check_path_for_writing(parser, flag: str, path) -> None:
+    import os
+
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        parser.error(f"{flag} {path}: the folder {os.path.dirname(os.path.abspath(path))} does not exist")
+
+
+def _read_data(parser, path):
+    try:
+        return datasets.read_file(path)
+    except (OSError, ValueError) as error:
+        parser.error(f"--data {path}: {error}")
 
 
 def _vi(args) -> int:
@@ -153,9 +247,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyro_nf", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     fit = sub.add_parser("fit", help="density estimation on a toy data set (the default job)")
-    planar_sets = sorted(name for name in datasets.DATASETS if datasets.load(name, 4, seed=0).shape[-1] == 2)
-    fit.add_argument("--data", default="moons", choices=planar_sets, help="a 2D toy data set")
-    fit.add_argument("--flow", default="realnvp", choices=flows.names())
+    fit.add_argument("--data", default="moons",
+                     help=f"a toy data set ({', '.join(sorted(datasets.DATASETS))}) or a file: .csv (a header line "
+                          "is detected), .npy, .npz or .pt of N rows and D columns (default: moons)")
+    fit.add_argument("--flow", default="realnvp", choices=flows.names(), help="the architecture (default realnvp)")
+    fit.add_argument("--layers", type=_positive(int), default=None, help="number of layers (default: the flow's)")
+    fit.add_argument("--hidden", default=None,
+                     help="hidden sizes of the conditioners, e.g. 64,64 (default: the flow's)")
+    fit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other option of the architecture, repeatable (see nf.flows.options(name))")
+    fit.add_argument("--no-standardize", action="store_true",
+                     help="fit a data file as it is (default: standardise it inside the saved model)")
+    fit.add_argument("--save", default=None, metavar="PATH", help="write the fitted model here (nf.load reads it)")
     fit.add_argument("--n", type=_positive(int), default=5000, help="number of data points (default 5000)")
     fit.add_argument("--steps", type=_positive(int), default=2000)
     fit.add_argument("--batch-size", type=_positive(int), default=256)
@@ -166,6 +269,17 @@ def main(argv=None) -> int:
     fit.add_argument("--out", default="pyro_nf_fit.png", help="where to write the picture")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_fit)
+    sample = sub.add_parser("sample", help="draw samples from a saved model into a CSV file")
+    sample.add_argument("--model", required=True, help="a checkpoint written by fit --save or nf.save")
+    sample.add_argument("-n", type=_positive(int), default=1000, help="number of samples (default 1000)")
+    sample.add_argument("--out", default="samples.csv", help="the CSV file to write (default samples.csv)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.set_defaults(run=_sample)
+    score = sub.add_parser("score", help="log density of each row of a data file under a saved model")
+    score.add_argument("--model", required=True, help="a checkpoint written by fit --save or nf.save")
+    score.add_argument("--data", required=True, help="a .csv, .npy, .npz or .pt file of N rows and D columns")
+    score.add_argument("--out", default=None, help="a CSV file for the per-row log densities (default: none)")
+    score.set_defaults(run=_score)
     vi = sub.add_parser("vi", help="reverse-KL fit of a flow to an unnormalised 2D target (Pyro's ELBO)")
     vi.add_argument("--target", default="U1", choices=list(targets.TARGETS), help="an energy target")
     vi.add_argument("--flow", default="planar", choices=flows.names())
@@ -191,7 +305,21 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     if args.command == "fit":
+        if args.data not in datasets.DATASETS:
+            args.loaded = _read_data(fit, args.data)
+            args.n = args.loaded.shape[0]
         _check_fit_sizes(fit, args)
+        args.flow_options = _parse_options(fit, args)
+        _check_path_for_writing(fit, "--out", args.out)
+        _check_path_for_writing(fit, "--save", args.save)
+    if args.command in ("sample", "score"):
+        import os
+
+        if not os.path.isfile(args.model):
+            (sample if args.command == "sample" else score).error(f"--model {args.model}: no such file")
+        if args.command == "score":
+            args.loaded = _read_data(score, args.data)
+        _check_path_for_writing(sample if args.command == "sample" else score, "--out", args.out)
     return args.run(args)
 
 

@@ -308,6 +308,57 @@ def load(name: str, n: int = 1000, seed: int | None = None, device=None, dtype=N
     return DATASETS[name](n, seed=seed, device=device, dtype=dtype, **options)
 
 
+def read_file(path, key: str | None = None, dtype=torch.float32) -> torch.Tensor:
+    """A user's data file as an ``(N, D)`` tensor: ``.csv`` (comma-separated; a first line that is not all
+    numbers is taken as a header), ``.npy``, ``.npz`` (the array ``key``, or its only array) or ``.pt`` (a
+    tensor). One-dimensional data become ``(N, 1)``. Rows with NaN or infinite values are an error that
+    names them."""
+    import os
+
+    import numpy as np
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"read_file: no such file {path!r}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".csv":
+        with open(path) as handle:
+            first = handle.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        array = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    elif suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        archive = np.load(path, allow_pickle=False)
+        names = list(archive.keys())
+        if key is None and len(names) != 1:
+            raise ValueError(f"read_file: {path} holds arrays {names}; say which one (key=)")
+        array = archive[key if key is not None else names[0]]
+    elif suffix == ".pt":
+        array = torch.load(path, weights_only=True)
+        if not isinstance(array, torch.Tensor):
+            raise ValueError(f"read_file: {path} does not hold one tensor (got {type(array).__name__})")
+        array = array.detach().cpu().numpy()
+    else:
+        raise ValueError(f"read_file: unknown file type {suffix!r} of {path}; use .csv, .npy, .npz or .pt")
+    data = torch.as_tensor(np.asarray(array, dtype=np.float64)).to(dtype)
+    if data.dim() == 1:
+        data = data.unsqueeze(-1)
+    if data.dim() != 2 or data.shape[0] == 0:
+        raise ValueError(f"read_file: expected a table of N rows and D columns in {path}, got shape "
+                         f"{tuple(data.shape)}")
+    bad = (~torch.isfinite(data).all(-1)).nonzero().flatten()
+    if bad.numel():
+        rows = ", ".join(str(int(r) + 1) for r in bad[:10])
+        raise ValueError(f"read_file: {bad.numel()} row(s) of {path} have NaN or infinite values (data rows "
+                         f"{rows}{', ...' if bad.numel() > 10 else ''}, counted from 1)")
+    return data
+
+
 def split(data: torch.Tensor, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int | None = 0):
     """Shuffle the rows and cut them into parts of the given fractions (train, validation, test)."""
     if any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):

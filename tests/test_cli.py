@@ -86,3 +86,74 @@ def test_fit_that_diverges_says_so_and_exits_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"error: fit_density: the (gradient norm|loss) became \S+ at step \d+ \(lr 1, ", err), err
     assert "try a smaller lr (now 1; e.g. 0.1)" in err and not out.exists()
+
+
+def test_own_data_file_fit_save_sample_score(tmp_path, capsys):
+    """A user's 3-D CSV with a header: fit (standardised inside the model), save, sample, score."""
+    import numpy as np
+    import torch
+
+    import pyro_nf as nf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3)) * [10.0, 1.0, 0.1] + [100.0, 0.0, -5.0]
+    csv = tmp_path / "mine.csv"
+    np.savetxt(csv, x, delimiter=",", header="a,b,c", comments="")
+    model_path, picture = tmp_path / "m.pt", tmp_path / "fit.png"
+    assert main(["fit", "--data", str(csv), "--steps", "40", "--quiet", "--layers", "2", "--hidden", "16",
+                 "--option", "scale_bound=1.5", "--out", str(picture), "--save", str(model_path)]) == 0
+    assert picture.stat().st_size > 0 and model_path.exists()
+    model = nf.load(model_path)
+    samples = model.sample((2000,))
+    assert abs(samples[:, 0].mean().item() - 100.0) < 3.0  # the data's own units
+    out = tmp_path / "samples.csv"
+    assert main(["sample", "--model", str(model_path), "-n", "50", "--out", str(out)]) == 0
+    back = nf.datasets.read_file(out)
+    assert back.shape == (50, 3)
+    scores = tmp_path / "scores.csv"
+    capsys.readouterr()
+    assert main(["score", "--model", str(model_path), "--data", str(csv), "--out", str(scores)]) == 0
+    printed = float(re.search(r"mean log density: (-?[\d.]+)", capsys.readouterr().out).group(1))
+    per_row = nf.datasets.read_file(scores)
+    assert per_row.shape == (400, 1) and abs(per_row.mean().item() - printed) < 1e-4
+    expected = model.log_prob(torch.as_tensor(x, dtype=torch.float32))
+    torch.testing.assert_close(per_row[:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
+def test_other_file_types_are_read(tmp_path, suffix):
+    import numpy as np
+    import torch
+
+    import pyro_nf as nf
+
+    x = np.random.default_rng(1).normal(size=(30, 2))
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".npy":
+        np.save(path, x)
+    elif suffix == ".npz":
+        np.savez(path, samples=x)
+    else:
+        torch.save(torch.as_tensor(x), path)
+    torch.testing.assert_close(nf.datasets.read_file(path), torch.as_tensor(x, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--data", "missing.csv"], "no such file"),
+    (["fit", "--option", "nonsense=3"], "has no option"),
+    (["fit", "--hidden", "a,b"], "comma-separated"),
+    (["fit", "--save", "/no/such/folder/m.pt"], "does not exist"),
+    (["sample", "--model", "missing.pt"], "no such file"),
+])
+def test_bad_arguments_stop_before_training(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_nan_rows_are_named(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b\n1,2\n3,nan\n5,6\ninf,1\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--data", str(path)])
+    assert stop.value.code == 2 and "data rows 2, 4" in capsys.readouterr().err
