@@ -873,7 +873,11 @@ class AutoFlow(AutoContinuous):
         loc = self._init_loc().detach()
         dim = self.latent_dim
         try:
-            body = build(self._flow_name, dim, **self._flow_options)
+            # the random structure (LU permutations and signs, random initialisations) from a fixed seed: what the
+            # param store does not hold is then the same in every build, so a stored guide restores exactly
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                body = build(self._flow_name, dim, **self._flow_options)
         except ValueError as error:
             raise ValueError(f"AutoFlow: cannot build {self._flow_name!r} over the model's {dim} unconstrained "
                              f"latent dimension(s): {error}") from None
@@ -884,11 +888,22 @@ class AutoFlow(AutoContinuous):
         flow = Flow([*body.parts, affine], dim=dim, name=self._flow_name).to(device=loc.device, dtype=loc.dtype)
         prefix = self._pyro_get_fullname("flow") + "$$$"
         store = pyro.get_param_store()
-        stale = [k for k in store.keys() if k.startswith(prefix)]
-        if stale:
-            warnings.warn(f"AutoFlow: replacing {len(stale)} stale param-store entries named {prefix}... (from an "
-                          f"earlier guide); call pyro.clear_param_store() between fits", stacklevel=3)
-            for key in stale:
+        stored = {k: store[k] for k in store.keys() if k.startswith(prefix)}
+        expected = {prefix + name: p for name, p in flow.named_parameters()}
+        if stored and stored.keys() == expected.keys() and all(
+                stored[k].shape == expected[k].shape for k in expected):
+            # a guide saved through Pyro's param store (store.save / store.load): restore it
+            with torch.no_grad():
+                for key, value in stored.items():
+                    expected[key].copy_(value.detach().to(expected[key]))
+            for part in flow.parts:  # trained in the sampling direction: never re-initialise from data
+                if hasattr(part, "initialized"):
+                    part.initialized.fill_(True)
+        elif stored:
+            warnings.warn(f"AutoFlow: replacing {len(stored)} param-store entries named {prefix}... that do not fit "
+                          f"this guide's {self._flow_name!r} flow (another architecture, size or model); call "
+                          "pyro.clear_param_store() between fits", stacklevel=3)
+            for key in stored:
                 del store[key]
         self.flow = flow
 
