@@ -91,7 +91,6 @@ class PairRecord:
     @classmethod
     def make(cls, owner: torch.nn.Module, z, x, ladj) -> PairRecord:
         tensors, modes = module_state(owner)
-        tensors.extend(owner._record_extras())  # a conditioned layer's context
         watched = (*tensors, z, x)
         return cls(z, x, ladj, torch.is_grad_enabled(), modes, tuple(tensors), tuple(map(_version, watched)),
                    _snapshot(watched))
@@ -101,7 +100,6 @@ class PairRecord:
         if torch.is_grad_enabled() != self.grad_enabled:
             return False
         tensors, modes = module_state(owner)
-        tensors.extend(owner._record_extras())
         if modes != self.modes or len(tensors) != len(self.tensors):
             return False
         if any(a is not b for a, b in zip(tensors, self.tensors)):
@@ -114,10 +112,6 @@ class PairRecord:
 
 class Recording:
     """What :class:`FlowTransform` and :class:`~pyro_nf.Flow` share: one :class:`PairRecord` slot."""
-
-    def _record_extras(self) -> list:
-        """Tensors besides parameters and buffers that a pair depends on (a context): watched like them."""
-        return []
 
     def _recall(self, z=None, x=None) -> PairRecord | None:
         # never under torch.compile: reading the slot would guard the compiled graph on it
@@ -434,12 +428,11 @@ class Conditioned(FlowTransform):
                             f"are {ref.dtype} on {ref.device}; convert one of them")
         super().__init__(layer.input_dim, cache_size=1)
         self.layer = layer
-        self.__dict__["context"] = context
+        # a buffer: it follows .to(), and records watch it like every parameter and buffer (not saved: a
+        # context is an input, not a state)
+        self.register_buffer("context", context, persistent=False)
         self.bijective = layer.bijective
         self.domain, self.codomain = layer.domain, layer.codomain
-
-    def _record_extras(self) -> list:
-        return [self.context]
 
     @property
     def domain_dim(self) -> int:
@@ -459,7 +452,7 @@ class Conditioned(FlowTransform):
         return self.layer._ladj(z, x, context=self.context)
 
     def __repr__(self) -> str:
-        return f"{self.layer!r} | context {tuple(self.context.shape)}"
+        return f"Conditioned({self.layer!r}, context of shape {tuple(self.context.shape)})"
 
 
 def check_context_dim(context_dim, owner: str) -> int:

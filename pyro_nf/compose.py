@@ -89,9 +89,6 @@ class Flow(Recording, ComposeTransformModule):
     def codomain(self):
         return constraints.independent(constraints.real, 1) if not self.parts else _vector(self.parts[-1].codomain)
 
-    def _record_extras(self) -> list:
-        return [t for part in self.parts if isinstance(part, Recording) for t in part._record_extras()]
-
     # ----------------------------------------------------------------- the walks
     def forward_and_ladj(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|det dx/dz|)``: the sampling direction through every layer, one call each."""

@@ -99,6 +99,8 @@ def _layer_cases() -> list[Case]:
         Case("Planar", lambda d: Planar(d)),
         Case("Radial", lambda d: Radial(d)),
         Case("Residual", lambda d: Residual(d, HIDDEN)),
+        Case("Conditioned", lambda d: AffineCoupling(d, HIDDEN, context_dim=2).condition(torch.tensor([0.5, -1.0])),
+             min_dim=2),
         Case("Abs", lambda d: nf.Flow([Softplus(d), Abs(d)]), kind="surjection", exact="inverse_after_forward"),
         Case("Abs-learned-signs", lambda d: nf.Flow([AffineConstant(d), Softplus(d), Abs(d, learn_signs=True,
                                                                                           hidden_dims=HIDDEN)]),
