@@ -231,7 +231,8 @@ def _vi(args) -> int:
     exact = target.exact_log_normalizer()
     reference = f"{target.log_normalizer():.4f} (quadrature" + (f"; exact {exact:.4f})" if exact is not None else ")")
     print(f"reverse KL: {kl:.4f} nats  ({n} samples; fit {history.wall_time:.1f} s)")
-    print(f"ESS: {ess:.3f} of {n} samples (Kish, importance weights p~/q)")
+    print(f"ESS: {ess:.3f} as a fraction of the {n} samples, about {ess * n:.0f} effective samples (Kish, "
+          "importance weights p~/q)")
     print(f"log Z: {log_z:.4f} +- {se:.4f} (importance sampling) vs {reference}")
     # the picture from a float64 copy: a finer density, and numerical inverses (planar) that float32 can
     # fail to converge on a grid far from where the flow was trained

@@ -114,10 +114,20 @@ def check_data(data: torch.Tensor, dim: int, owner: str) -> None:
 @torch.no_grad()
 def nll(model, data: torch.Tensor, batch_size: int = 4096, context: torch.Tensor | None = None) -> float:
     """Mean negative log-likelihood of ``data`` in nats (of ``data`` given ``context`` for a conditional
-    model, one context row per data row), evaluated in chunks in eval mode."""
+    model, one context row per data row), evaluated in chunks in eval mode.
+
+    ``data`` (and ``context``) may be tensors, numpy arrays or nested lists; as in :func:`fit_density` they are
+    converted to the device and dtype of the model's parameters (float64 data scored by a float32 model are
+    scored in float32)."""
+    distribution = _as_distribution(model)
+    data = torch.as_tensor(data)
+    ref = next(iter(_modules(distribution).parameters()), None)
+    if ref is not None:
+        data = data.to(device=ref.device, dtype=ref.dtype)
+        context = None if context is None else torch.as_tensor(context).to(device=ref.device, dtype=ref.dtype)
+    check_data(data, _data_dim(distribution), "nll")
     if data.shape[0] == 0:
         raise ValueError("nll: no data points (an empty tensor has no mean negative log-likelihood)")
-    distribution = _as_distribution(model)
     context = _check_context(distribution, data, context, "nll")
     modules = _modules(distribution)
     was_training = modules.training

@@ -37,7 +37,7 @@ def test_vi_prints_its_metrics_and_writes_picture(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "to U2 by reverse KL: 40 steps x 32 particles" in text and "annealing beta 0.2 -> 1 over 4 steps" in text
     kl = float(re.search(r"reverse KL: (\S+) nats", text).group(1))
-    ess = float(re.search(r"ESS: (\S+) of 2000 samples", text).group(1))
+    ess = float(re.search(r"ESS: (\S+) as a fraction of the 2000 samples", text).group(1))
     log_z, se = (float(v) for v in re.search(r"log Z: (\S+) \+- (\S+) \(importance sampling\)", text).groups())
     assert kl > 0 and 0 < ess <= 1 and se > 0 and math.isfinite(log_z)
     assert "vs 2.3079 (quadrature; exact 2.3079)" in text

@@ -191,3 +191,18 @@ def test_fit_target_stops_on_a_non_finite_loss():
 
     assert list(pyro.get_param_store().keys()) == []  # cleaned up after the error too
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters())) and not flow.training
+
+
+def test_nll_takes_numpy_and_float64_data_by_one_rule():
+    """Data of any array type and dtype are converted to the model's parameters' device and dtype."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = nf.transformed(nf.build("realnvp", 2, num_layers=2))
+    x = torch.randn(50, 2)
+    expected = infer.nll(model, x)
+    assert abs(infer.nll(model, x.numpy().astype(np.float64)) - expected) < 1e-5
+    assert abs(infer.nll(model, x.double()) - expected) < 1e-5
+    assert abs(infer.nll(model, x.tolist()) - expected) < 1e-5
+    with pytest.raises(ValueError, match=r"nll: expected data of shape \(N, 2\)"):
+        infer.nll(model, np.zeros((4, 3)))
