@@ -229,13 +229,13 @@ def test_a_guide_saved_through_the_param_store_is_restored(tmp_path):
         pyro.sample("b", dist.Normal(a, 0.2).expand([2]).to_event(1))
 
     def elbo(guide):
-        torch.manual_seed(1)
-        return -Trace_ELBO(num_particles=2000).loss(model, guide)
+        torch.manual_seed(1)  # the same draws for every guide: a restored guide gives the same value
+        return -Trace_ELBO(num_particles=100).loss(model, guide)
 
     pyro.clear_param_store()
     torch.manual_seed(0)
     guide = infer.AutoFlow(model, flow="glow", num_layers=2)
-    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO(num_particles=32))
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO(num_particles=4))
     for _ in range(150):
         svi.step()
     trained = elbo(guide)
@@ -247,5 +247,7 @@ def test_a_guide_saved_through_the_param_store_is_restored(tmp_path):
     pyro.get_param_store().load(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "replacing stale entries" warning: they fit
-        restored = elbo(infer.AutoFlow(model, flow="glow", num_layers=2))
-    assert abs(restored - trained) < 0.1 < abs(fresh - trained), (trained, restored, fresh)
+        guide = infer.AutoFlow(model, flow="glow", num_layers=2)
+        guide()  # set up (its median initialisation draws from the RNG) before the seeded evaluation
+        restored = elbo(guide)
+    assert abs(restored - trained) < 1e-3 and abs(fresh - trained) > 1.0, (trained, restored, fresh)
