@@ -26,6 +26,7 @@ from .transforms import (
     InvertibleLinear,
     Planar,
     Radial,
+    Residual,
     SplineAutoregressive,
     SplineCoupling,
 )
@@ -315,8 +316,6 @@ def _augmented_ffjord(dim, num_layers=1, hidden_dims=(64, 64), augment_dim=2, le
                       "ActNorm between them (Behrmann et al., 2019; Chen et al., 2019)")
 def _residual(dim, num_layers=8, hidden_dims=(64, 64), lipschitz=0.97, actnorm=True, direction="density",
               n_exact_terms=2, geom_p=0.5, n_power_series=None, exact_below_dim=8, beta=10.0):
-    from .transforms.residual import Residual  # local: this builder is appended without touching the imports
-
     layers = []
     for _ in range(num_layers):
         layers.append(Residual(dim, hidden_dims, lipschitz, direction, n_exact_terms, geom_p, n_power_series,

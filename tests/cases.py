@@ -213,6 +213,20 @@ def train_a_few_steps(flow, dim: int, steps: int = 5, seed: int = 0):
     return flow
 
 
+def inverse_with_parameters(layer_class, dim: int, names):
+    """``f(x, *values)``: the density direction of a fresh float64 ``layer_class(dim)`` whose parameters
+    ``names`` are replaced by ``values``, for ``torch.autograd.gradcheck`` over inputs and parameters."""
+
+    def inverse(x, *values):
+        fresh = layer_class(dim).double()
+        for name, value in zip(names, values):
+            delattr(fresh, name)
+            setattr(fresh, name, value)
+        return fresh._inverse_with_ladj(x)
+
+    return inverse
+
+
 def latent_dim(flow, dim: int) -> int:
     """Size of the forward input (the latent side) for data of size ``dim``."""
     return flow.inverse_shape(torch.Size([dim]))[-1]

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from cases import inverse_with_parameters
 
 import pyro_nf as nf
 from pyro_nf.transforms import Planar, Radial
@@ -192,13 +193,7 @@ def test_inverse_gradients_pass_gradcheck(c, bias):
     params = [p.detach().clone().requires_grad_(True) for p in template.parameters()]
     x = data_near_the_bend(template, 6, seed=3).requires_grad_(True)
 
-    def inverse(x, *values):
-        fresh = Planar(2).double()
-        for name, value in zip(names, values):
-            delattr(fresh, name)
-            setattr(fresh, name, value)
-        return fresh._inverse_with_ladj(x)
-
+    inverse = inverse_with_parameters(Planar, 2, names)
     assert torch.autograd.gradcheck(inverse, (x, *params), atol=1e-6, rtol=1e-5)
 
 
