@@ -21,6 +21,7 @@ import torch
 
 from . import datasets, flows, infer, targets
 from . import distributed as multiprocess
+from .compose import ConditionalFlowDistribution
 
 
 def _setup(args):
@@ -93,29 +94,47 @@ def _fit(args) -> int:
         data = args.loaded.to(device=device, dtype=dtype)
     else:
         data = datasets.load(args.data, n=args.n, seed=args.seed, device=device, dtype=dtype)
+    dim, conditional = data.shape[-1], args.context is not None
+    if conditional:  # split the rows of x and c together
+        data = torch.cat([data, args.context.to(device=device, dtype=dtype)], -1)
     train, val, test = datasets.split(data, SPLIT, seed=args.seed)
+    (train, train_c), (val, val_c), (test, test_c) = [(part[:, :dim], part[:, dim:] if conditional else None)
+                                                      for part in (train, val, test)]
     torch.manual_seed(args.seed)  # the same initial parameters on every process
-    flow = flows.build(args.flow, data.shape[-1], **args.flow_options).to(device=device, dtype=dtype)
+    flow = flows.build(args.flow, dim, **args.flow_options).to(device=device, dtype=dtype)
     if own and not args.no_standardize:  # fit in standard units, keep the data's units in the model
-        loc, scale = train.mean(0), train.std(0).clamp_min(1e-12)
-        flow = flows.standardized(flow, loc, scale)
+        units = [train.mean(0), train.std(0).clamp_min(1e-12)]
+        if conditional:
+            units += [train_c.mean(0), train_c.std(0).clamp_min(1e-12)]
+        flow = flows.standardized(flow, *units)
     model = flows.transformed(flow)
-    say(f"fitting {args.flow!r} to {args.data!r}: {train.shape[0]} training points, {args.steps} steps, "
-        f"{sum(p.numel() for p in flow.parameters())} parameters, {device}, {dtype}"
-        + (f", {multiprocess.world_size()} processes" if multiprocess.active() else ""))
+    given = f" given columns {args.context_columns}" if conditional else ""
+    processes = f", {multiprocess.world_size()} processes" if multiprocess.active() else ""
+    say(f"fitting {args.flow!r} to {args.data!r}{given}: {train.shape[0]} training points, {args.steps} steps, "
+        f"{sum(p.numel() for p in flow.parameters())} parameters, {device}, {dtype}{processes}")
     start = time.perf_counter()
+    if conditional:  # fit_density splits a conditional fit's validation rows itself: give them back as a fraction
+        fit_data, fit_c = torch.cat([train, val]), torch.cat([train_c, val_c])
+        validation = val.shape[0] / fit_data.shape[0]
+    else:
+        fit_data, fit_c, validation = train, None, val
     try:
-        history = infer.fit_density(model, train, validation=val, steps=args.steps, batch_size=args.batch_size,
-                                    lr=args.lr, seed=args.seed, progress=not args.quiet)
+        history = infer.fit_density(model, fit_data, validation=validation, context=fit_c, steps=args.steps,
+                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
     except infer.FitDivergedError as error:
         return _diverged(error)
-    test_nll = infer.nll(model, test)
+    test_nll = infer.nll(model, test, context=test_c)
     elapsed = time.perf_counter() - start
     if multiprocess.is_main():
         print(f"held-out NLL: {test_nll:.4f} nats  (best validation {history.best_val_nll:.4f} at step "
               f"{history.best_step}; fit {elapsed:.1f} s)")
-        plot.data_vs_model(test if test.shape[0] >= 500 else data, model, path=args.out,
-                           title=f"{args.flow} on {args.data}: held-out NLL {test_nll:.3f} nats")
+        title = f"{args.flow} on {args.data}: held-out NLL {test_nll:.3f} nats"
+        if conditional:  # x | c drawn at the test rows' contexts, against the test rows
+            with torch.no_grad():
+                drawn = model.condition(test_c).sample()
+            plot.corner(test, drawn, path=args.out, title=title + " (samples at the test contexts)")
+        else:
+            plot.data_vs_model(test if test.shape[0] >= 500 else data, model, path=args.out, title=title)
         print(f"wrote {args.out}")
         if args.save:
             from .io import save
@@ -133,6 +152,18 @@ def _sample(args) -> int:
 
     torch.manual_seed(args.seed)
     model = load(args.model)
+    conditional = isinstance(model, ConditionalFlowDistribution)
+    if conditional != (args.context is not None):
+        print("error: " + (f"the model is conditional: give --context with its {model.flow.context_dim} values"
+                           if conditional else "--context was given but the model is not conditional"), file=sys.stderr)
+        return 2
+    if conditional:
+        if len(args.context) != model.flow.context_dim:
+            print(f"error: the model's context has {model.flow.context_dim} values, --context gave "
+                  f"{len(args.context)}", file=sys.stderr)
+            return 2
+        ref = next(iter(model.flow.parameters()))
+        model = model.condition(torch.tensor(args.context, dtype=ref.dtype))
     with torch.no_grad():
         x = model.sample((args.n,)).double().numpy()
     header = ",".join(f"x{i}" for i in range(x.shape[1]))
@@ -147,14 +178,26 @@ def _score(args) -> int:
     from .io import load
 
     model = load(args.model)
-    dim = model.transforms[0].dim
-    if args.loaded.shape[1] != dim:
-        print(f"error: the model is {dim}-dimensional but {args.data} has {args.loaded.shape[1]} columns",
-              file=sys.stderr)
+    conditional = isinstance(model, ConditionalFlowDistribution)
+    flow = model.flow if conditional else model.transforms[0]
+    if conditional != (args.context is not None):
+        print("error: " + (f"the model is conditional: give --context-columns (its context has {flow.context_dim} "
+                           "columns)" if conditional else "--context-columns was given but the model is not "
+                           "conditional"), file=sys.stderr)
         return 2
-    ref = next(iter(model.transforms[0].parameters()))
+    if args.loaded.shape[1] != flow.dim:
+        print(f"error: the model is {flow.dim}-dimensional but {args.data} has {args.loaded.shape[1]} "
+              + ("data " if conditional else "") + "columns", file=sys.stderr)
+        return 2
+    if conditional and args.context.shape[1] != flow.context_dim:
+        print(f"error: the model's context has {flow.context_dim} columns, --context-columns gave "
+              f"{args.context.shape[1]}", file=sys.stderr)
+        return 2
+    ref = next(iter(flow.parameters()))
     with torch.no_grad():
-        log_p = model.log_prob(args.loaded.to(ref.dtype)).double().numpy()
+        x = args.loaded.to(ref.dtype)
+        scored = model.condition(args.context.to(ref.dtype)) if conditional else model
+        log_p = scored.log_prob(x).double().numpy()
     if args.out:
         np.savetxt(args.out, log_p, delimiter=",", header="log_density", comments="")
     print(f"mean log density: {log_p.mean():.6f} nats over {log_p.shape[0]} rows"
@@ -244,83 +287,227 @@ def _vi(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyro_nf", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    fit = sub.add_parser("fit", help="density estimation on a toy data set (the default job)")
+DESCRIPTION = """Normalizing flows for Pyro from the command line. With no arguments: fit RealNVP to two moons,
+print the held-out negative log-likelihood and write a picture (the same as 'fit').
+
+  fit     density estimation on a toy set or your own file; --save writes the model
+  sample  draw samples from a saved model into a CSV file
+  score   the log density of each row of a file under a saved model
+  vi      reverse-KL fit of a flow to an unnormalised 2D energy target (Pyro's ELBO)
+
+'python -m pyro_nf COMMAND --help' lists a command's options and their defaults; the installed script
+'pyro-nf' is the same command."""
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return value
+
+
+def _columns(text: str) -> list[int]:
+    """An argparse type: comma-separated column indices (from 0)."""
+    try:
+        columns = [int(v) for v in text.split(",")]
+    except ValueError:
+        columns = []
+    if not columns or min(columns) < 0 or len(set(columns)) != len(columns):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated column indices from 0 such as 2,3, "
+                                         f"got {text!r}")
+    return columns
+
+
+def _values(text: str) -> list[float]:
+    """An argparse type: comma-separated numbers."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,1, got {text!r}") from None
+
+
+def _add_run_options(parser, out: str) -> None:
+    """The options every training command shares."""
+    parser.add_argument("--device", type=_device, default="cpu",
+                        help="cpu, cuda or cuda:N: where the model trains (default: %(default)s)")
+    parser.add_argument("--float64", action="store_true", help="train in float64 (default: float32)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the data, the initial parameters and the batches (default: %(default)s)")
+    parser.add_argument("--out", default=out, metavar="PNG", help="where to write the picture (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The command line's parser and its subcommands' parsers by name."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m pyro_nf", description=DESCRIPTION, formatter_class=formatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fit = sub.add_parser("fit", help="density estimation on a toy set or your own file (the default job)",
+                         description="Fit a flow by maximum likelihood (an 80/10/10 split into training, validation "
+                                     "and test points), print the held-out NLL in nats and write a picture.")
     fit.add_argument("--data", default="moons",
-                     help=f"a toy data set ({', '.join(sorted(datasets.DATASETS))}) or a file: .csv (a header line "
-                          "is detected), .npy, .npz or .pt of N rows and D columns (default: moons)")
-    fit.add_argument("--flow", default="realnvp", choices=flows.names(), help="the architecture (default realnvp)")
-    fit.add_argument("--layers", type=_positive(int), default=None, help="number of layers (default: the flow's)")
-    fit.add_argument("--hidden", default=None,
-                     help="hidden sizes of the conditioners, e.g. 64,64 (default: the flow's)")
+                     help=f"a toy set ({', '.join(sorted(datasets.DATASETS))}) or a file of N rows and D columns: "
+                          ".csv (a header line is detected), .npy, .npz or .pt (default: %(default)s)")
+    fit.add_argument("--context-columns", type=_columns, default=None, metavar="I,J,...",
+                     help="columns of the data file (counted from 0) that are the context c of a conditional fit "
+                          "p(x | c); the other columns are x (default: none, an unconditional fit)")
+    fit.add_argument("--flow", default="realnvp", choices=flows.names(), metavar="NAME",
+                     help=f"the architecture, one of: {', '.join(flows.names())} (default: %(default)s)")
+    fit.add_argument("--layers", type=_positive(int), default=None,
+                     help="number of layers (default: the architecture's own)")
+    fit.add_argument("--hidden", default=None, metavar="H1,H2,...",
+                     help="hidden sizes of the conditioner networks, e.g. 64,64 (default: the architecture's own)")
     fit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="any other option of the architecture, repeatable (see nf.flows.options(name))")
+                     help="any other option of the architecture, repeatable; a Python literal or a word "
+                          "(nf.flows.options(name) lists them; default: none)")
     fit.add_argument("--no-standardize", action="store_true",
-                     help="fit a data file as it is (default: standardise it inside the saved model)")
-    fit.add_argument("--save", default=None, metavar="PATH", help="write the fitted model here (nf.load reads it)")
-    fit.add_argument("--n", type=_positive(int), default=5000, help="number of data points (default 5000)")
-    fit.add_argument("--steps", type=_positive(int), default=2000)
-    fit.add_argument("--batch-size", type=_positive(int), default=256)
-    fit.add_argument("--lr", type=_positive(float), default=2e-3)
-    fit.add_argument("--device", default="cpu")
-    fit.add_argument("--float64", action="store_true", help="fit in float64")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", default="pyro_nf_fit.png", help="where to write the picture")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+                     help="fit a data file as it is (default: standardise it, the standardisation stored inside "
+                          "the saved model)")
+    fit.add_argument("--save", default=None, metavar="PATH",
+                     help="write the fitted model here; nf.load reads it (default: not saved)")
+    fit.add_argument("--n", type=_positive(int), default=5000,
+                     help="number of points drawn from a toy set (default: %(default)s)")
+    fit.add_argument("--steps", type=_positive(int), default=2000, help="training steps (default: %(default)s)")
+    fit.add_argument("--batch-size", type=_positive(int), default=256, help="points per step (default: %(default)s)")
+    fit.add_argument("--lr", type=_positive(float), default=2e-3,
+                     help="Adam's learning rate, decayed on a cosine (default: %(default)s)")
+    _add_run_options(fit, "pyro_nf_fit.png")
     fit.set_defaults(run=_fit)
-    sample = sub.add_parser("sample", help="draw samples from a saved model into a CSV file")
-    sample.add_argument("--model", required=True, help="a checkpoint written by fit --save or nf.save")
-    sample.add_argument("-n", type=_positive(int), default=1000, help="number of samples (default 1000)")
-    sample.add_argument("--out", default="samples.csv", help="the CSV file to write (default samples.csv)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    sample = sub.add_parser("sample", help="draw samples from a saved model into a CSV file",
+                            description="Draw samples from a model saved by 'fit --save' or nf.save, in the data's "
+                                        "own units.")
+    sample.add_argument("--model", required=True, metavar="PATH", help="a checkpoint written by fit --save or nf.save")
+    sample.add_argument("-n", type=_positive(int), default=1000, help="number of samples (default: %(default)s)")
+    sample.add_argument("--context", type=_values, default=None, metavar="C1,C2,...",
+                        help="for a conditional model: the context c to sample x | c at (default: none)")
+    sample.add_argument("--out", default="samples.csv", metavar="CSV",
+                        help="the CSV file to write (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sample.set_defaults(run=_sample)
-    score = sub.add_parser("score", help="log density of each row of a data file under a saved model")
-    score.add_argument("--model", required=True, help="a checkpoint written by fit --save or nf.save")
-    score.add_argument("--data", required=True, help="a .csv, .npy, .npz or .pt file of N rows and D columns")
-    score.add_argument("--out", default=None, help="a CSV file for the per-row log densities (default: none)")
+
+    score = sub.add_parser("score", help="the log density of each row of a file under a saved model",
+                           description="Score each row of a data file under a saved model: log densities in nats, "
+                                       "per row to --out, their mean to the screen.")
+    score.add_argument("--model", required=True, metavar="PATH", help="a checkpoint written by fit --save or nf.save")
+    score.add_argument("--data", required=True, metavar="FILE",
+                       help="a .csv, .npy, .npz or .pt file of N rows and D columns")
+    score.add_argument("--context-columns", type=_columns, default=None, metavar="I,J,...",
+                       help="for a conditional model: the file's context columns, as given to fit (default: none)")
+    score.add_argument("--out", default=None, metavar="CSV",
+                       help="a CSV file for the per-row log densities (default: not written)")
     score.set_defaults(run=_score)
-    vi = sub.add_parser("vi", help="reverse-KL fit of a flow to an unnormalised 2D target (Pyro's ELBO)")
-    vi.add_argument("--target", default="U1", choices=list(targets.TARGETS), help="an energy target")
-    vi.add_argument("--flow", default="planar", choices=flows.names())
-    vi.add_argument("--layers", type=_positive(int), default=32, help="number of layers (default 32)")
-    vi.add_argument("--steps", type=_positive(int), default=10000)
-    vi.add_argument("--lr", type=_positive(float), default=2e-2)
-    vi.add_argument("--particles", type=_positive(int), default=256, help="samples per step (default 256)")
-    vi.add_argument("--beta0", type=float, default=0.2, help="annealing: first inverse temperature (default 0.2)")
-    vi.add_argument("--anneal-steps", type=int, default=None,
-                    help="annealing: steps until beta reaches 1 (default: a tenth of the steps; 0: no annealing)")
-    vi.add_argument("--eval-samples", type=_positive(int), default=20000, help="samples for KL, ESS and log Z")
-    vi.add_argument("--device", default="cpu")
-    vi.add_argument("--float64", action="store_true", help="fit in float64")
-    vi.add_argument("--seed", type=int, default=0)
-    vi.add_argument("--out", default="pyro_nf_vi.png", help="where to write the picture")
-    vi.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    vi = sub.add_parser("vi", help="reverse-KL fit of a flow to an unnormalised 2D energy target",
+                        description="Fit a flow to an energy target of Rezende & Mohamed (2015) by reverse KL "
+                                    "(Pyro's ELBO); print the reverse KL, the effective sample size and log Z.")
+    vi.add_argument("--target", default="U1", choices=list(targets.TARGETS),
+                    help=f"the energy target, one of: {', '.join(targets.TARGETS)} (default: %(default)s)")
+    vi.add_argument("--flow", default="planar", choices=flows.names(), metavar="NAME",
+                    help="the architecture (default: %(default)s)")
+    vi.add_argument("--layers", type=_positive(int), default=32, help="number of layers (default: %(default)s)")
+    vi.add_argument("--steps", type=_positive(int), default=10000, help="training steps (default: %(default)s)")
+    vi.add_argument("--lr", type=_positive(float), default=2e-2,
+                    help="Adam's learning rate, decayed on a cosine (default: %(default)s)")
+    vi.add_argument("--particles", type=_positive(int), default=256,
+                    help="samples per step (default: %(default)s)")
+    vi.add_argument("--beta0", type=_fraction, default=0.2,
+                    help="annealing: the first inverse temperature, in (0, 1] (default: %(default)s)")
+    vi.add_argument("--anneal-steps", type=_count, default=None,
+                    help="annealing: steps until beta reaches 1; 0: no annealing (default: a tenth of the steps)")
+    vi.add_argument("--eval-samples", type=_positive(int), default=20000,
+                    help="samples for the reverse KL, ESS and log Z (default: %(default)s)")
+    _add_run_options(vi, "pyro_nf_vi.png")
     vi.set_defaults(run=_vi)
+    return parser, {"fit": fit, "sample": sample, "score": score, "vi": vi}
+
+
+def _split_context(parser, args, loaded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The data file's ``(x, c)`` columns (``c`` is ``None`` without ``--context-columns``)."""
+    if args.context_columns is None:
+        return loaded, None
+    width = loaded.shape[1]
+    outside = [i for i in args.context_columns if i >= width]
+    if outside:
+        parser.error(f"--context-columns {outside}: the data have {width} columns (0 to {width - 1})")
+    rest = [i for i in range(width) if i not in args.context_columns]
+    if not rest:
+        parser.error(f"--context-columns: all {width} columns are context; at least one must be data")
+    return loaded[:, rest], loaded[:, args.context_columns]
+
+
+def main(argv=None) -> int:
+    parser, commands = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    command = commands[args.command]
+    if extra:  # the command's own usage line, not the top level's
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "fit":
+        args.context = None
         if args.data not in datasets.DATASETS:
-            args.loaded = _read_data(fit, args.data)
+            args.loaded, args.context = _split_context(command, args, _read_data(command, args.data))
             args.n = args.loaded.shape[0]
-        _check_fit_sizes(fit, args)
-        args.flow_options = _parse_options(fit, args)
-        _check_path_for_writing(fit, "--out", args.out)
-        _check_path_for_writing(fit, "--save", args.save)
+        elif args.context_columns is not None:
+            command.error("--context-columns needs a data file; a toy set has no context columns")
+        if args.context is not None and "context_dim" not in flows.options(args.flow):
+            conditional = [n for n in flows.names() if "context_dim" in flows.options(n)]
+            command.error(f"--flow {args.flow} takes no context; conditional architectures: {', '.join(conditional)}")
+        _check_fit_sizes(command, args)
+        args.flow_options = _parse_options(command, args)
+        if args.context is not None:
+            if "context_dim" in args.flow_options:
+                command.error("--option context_dim: the context's size comes from --context-columns")
+            args.flow_options["context_dim"] = args.context.shape[1]
+        _check_path_for_writing(command, "--out", args.out)
+        _check_path_for_writing(command, "--save", args.save)
     if args.command in ("sample", "score"):
         import os
 
         if not os.path.isfile(args.model):
-            (sample if args.command == "sample" else score).error(f"--model {args.model}: no such file")
+            command.error(f"--model {args.model}: no such file")
         if args.command == "score":
-            args.loaded = _read_data(score, args.data)
-        _check_path_for_writing(sample if args.command == "sample" else score, "--out", args.out)
+            args.loaded, args.context = _split_context(command, args, _read_data(command, args.data))
+        _check_path_for_writing(command, "--out", args.out)
     return args.run(args)
 
 

@@ -187,8 +187,11 @@ class ConditionalFlow(ConditionalTransformModule):
         self.dim = dim if dim is not None else Flow(parts).dim
         self.name = name
         self.spec = None
+        self.context_units = None  # set by nf.flows.standardized(..., context_loc=, context_scale=)
 
     def condition(self, context: torch.Tensor) -> Flow:
+        if self.context_units is not None:  # the layers see the context in standard units
+            context = self.context_units(context)
         parts = [part.condition(context) if isinstance(part, FlowTransform) else part for part in self.parts]
         return Flow(parts, dim=self.dim, name=self.name)
 
@@ -203,6 +206,20 @@ class ConditionalFlow(ConditionalTransformModule):
         for part in self.parts:
             lines += ["    ↓", f"  {part!r}" + (" | c" if getattr(part, "context_dim", 0) else "")]
         return "\n".join(lines)
+
+
+class ContextStandardization(torch.nn.Module):
+    r"""The fixed map :math:`c \mapsto (c - \mathrm{loc}) / \mathrm{scale}` that a standardised
+    :class:`ConditionalFlow` applies to its context before its layers see it (buffers, saved with the model;
+    see :func:`pyro_nf.flows.standardized`)."""
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("loc", loc.detach().clone())
+        self.register_buffer("scale", scale.detach().clone())
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return (context - self.loc) / self.scale
 
 
 class ConditionalFlowDistribution(ConditionalTransformedDistribution):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .compose import ConditionalFlow, Flow, is_positive, log_prob_estimate, transformed
+from .compose import ConditionalFlow, ContextStandardization, Flow, is_positive, log_prob_estimate, transformed
 from .nn import COUPLING_MASKS, check_hidden_dims, coupling_mask
 from .stochastic import AnnealedEnergy, Langevin, Metropolis, standard_normal_energy
 from .surjections import Abs, Augment
@@ -123,11 +123,16 @@ def build(name: str, dim: int, **opts) -> Flow | ConditionalFlow:
     return flow
 
 
-def standardized(flow: Flow, loc, scale) -> Flow:
+def standardized(flow, loc, scale, context_loc=None, context_scale=None):
     r"""``flow`` followed by the fixed affine map ``x = loc + scale * y`` (sampling direction): a flow fitted
     to standardised data ``(x - loc) / scale`` that reads and writes the data's own units. The map is an
     :class:`~pyro_nf.transforms.AffineConstant` whose parameters are frozen (``requires_grad=False``) and
     saved with the model; its log-det ``sum(log scale)`` converts densities to the data's units.
+
+    For a :class:`~pyro_nf.ConditionalFlow`, ``context_loc`` and ``context_scale`` (optional) standardise
+    the context too: ``condition(c)`` hands ``(c - context_loc) / context_scale`` to the layers (a
+    :class:`~pyro_nf.compose.ContextStandardization`, saved with the model), so the caller's contexts stay in
+    their own units.
 
     Example:
         >>> import torch, pyro_nf as nf
@@ -136,26 +141,47 @@ def standardized(flow: Flow, loc, scale) -> Flow:
         >>> bool(abs(samples[:, 0].mean() - 100) < 1)
         True
     """
-    if not isinstance(flow, Flow):
-        raise TypeError(f"standardized: expected a Flow, got {type(flow).__name__}")
+    conditional = isinstance(flow, ConditionalFlow)
+    if not isinstance(flow, Flow) and not conditional:
+        raise TypeError(f"standardized: expected a Flow or a ConditionalFlow, got {type(flow).__name__}")
     ref = next(iter(flow.parameters()), None)
     device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
-    loc = torch.as_tensor(loc, device=device, dtype=dtype).reshape(-1)
-    scale = torch.as_tensor(scale, device=device, dtype=dtype).reshape(-1)
-    if loc.shape != (flow.dim,) or scale.shape != (flow.dim,):
-        raise ValueError(f"standardized: loc and scale must have {flow.dim} values, got {tuple(loc.shape)} and "
-                         f"{tuple(scale.shape)}")
+
+    def vector(values, size, label):
+        values = torch.as_tensor(values, device=device, dtype=dtype).reshape(-1)
+        if values.shape != (size,):
+            raise ValueError(f"standardized: {label} must have {size} values, got {tuple(values.shape)}")
+        return values
+
+    loc, scale = vector(loc, flow.dim, "loc"), vector(scale, flow.dim, "scale")
     if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError("standardized: loc must be finite and scale finite and positive")
+    context_units = None
+    if context_loc is not None or context_scale is not None:
+        if not conditional:
+            raise ValueError("standardized: context_loc / context_scale need a ConditionalFlow")
+        if context_loc is None or context_scale is None:
+            raise ValueError("standardized: give both context_loc and context_scale")
+        context_loc = vector(context_loc, flow.context_dim, "context_loc")
+        context_scale = vector(context_scale, flow.context_dim, "context_scale")
+        if not (torch.isfinite(context_loc).all() and torch.isfinite(context_scale).all()
+                and (context_scale > 0).all()):
+            raise ValueError("standardized: context_loc must be finite and context_scale finite and positive")
+        context_units = ContextStandardization(context_loc, context_scale)
     units = AffineConstant(flow.dim).to(device=device, dtype=dtype)
     with torch.no_grad():
         units.shift.copy_(loc)
         units.log_scale.copy_(scale.log())
     units.requires_grad_(False)
-    wrapped = Flow([*flow.parts, units], dim=flow.dim, name=flow.name)
+    if conditional:
+        wrapped = ConditionalFlow([*flow.parts, units], flow.context_dim, dim=flow.dim, name=flow.name)
+        wrapped.context_units = context_units if context_units is not None else flow.context_units
+    else:
+        wrapped = Flow([*flow.parts, units], dim=flow.dim, name=flow.name)
     spec = getattr(flow, "spec", None)
     if spec is not None:
-        wrapped.spec = {**spec, "standardize": True}
+        wrapped.spec = {**spec, "standardize": True,
+                        "standardize_context": context_units is not None or bool(spec.get("standardize_context"))}
     return wrapped
 
 

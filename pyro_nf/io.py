@@ -5,8 +5,9 @@ A checkpoint is a plain dictionary of tensors, strings and numbers, written by `
 
 - ``format`` and ``format_version``: what this is, and the layout of the dictionary;
 - ``package_version``: the pyro_nf that wrote it;
-- ``architecture``, ``dim``, ``options``, ``standardize``: enough to call :func:`pyro_nf.build` again
-  (and :func:`pyro_nf.flows.standardized` when the model reads data in its own units);
+- ``architecture``, ``dim``, ``options``, ``standardize``, ``standardize_context``: enough to call
+  :func:`pyro_nf.build` again (and :func:`pyro_nf.flows.standardized` when the model reads data, and for a
+  conditional model its contexts, in their own units);
 - ``dtype``: the parameters' dtype; ``state_dict``: every parameter and buffer, ActNorm's initialisation and
   BatchNorm's running statistics included.
 """
@@ -77,6 +78,7 @@ def save(model, path) -> None:
         "dim": spec["dim"],
         "options": options,
         "standardize": bool(spec.get("standardize", False)),
+        "standardize_context": bool(spec.get("standardize_context", False)),
         "dtype": str(ref.dtype if ref is not None else torch.get_default_dtype()).replace("torch.", ""),
         "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
     }
@@ -108,8 +110,10 @@ def load(path, device=None):
     dtype = getattr(torch, checkpoint["dtype"])
     flow = flows.build(name, checkpoint["dim"], **checkpoint["options"]).to(dtype)
     if checkpoint["standardize"]:
-        dim = checkpoint["dim"]
-        flow = flows.standardized(flow, torch.zeros(dim), torch.ones(dim))
+        dim, context_dim = checkpoint["dim"], checkpoint["options"].get("context_dim", 0)
+        context_units = (torch.zeros(context_dim), torch.ones(context_dim)) \
+            if checkpoint.get("standardize_context") else (None, None)
+        flow = flows.standardized(flow, torch.zeros(dim), torch.ones(dim), *context_units)
     try:
         flow.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .flows import log_prob_estimate
+from .infer.common import eval_mode
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]
 
@@ -79,11 +80,7 @@ def density(distribution, ax=None, bounds=((-3, 3), (-3, 3)), resolution=200, cm
     ax = ax or plt.gca()
     bounds = _bounds(bounds, ((-3.0, 3.0), (-3.0, 3.0)))
     gx, gy, points = _grid(bounds, resolution, _like(distribution))
-    modules = _modules(distribution)
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
+    with eval_mode(_modules(distribution)):
         flat = points.reshape(-1, 2)
         if num_paths == 1:
             log_p = distribution.log_prob(flat)
@@ -91,9 +88,6 @@ def density(distribution, ax=None, bounds=((-3, 3), (-3, 3)), resolution=200, cm
             chunk = max(1, 2**16 // num_paths)
             log_p = torch.cat([log_prob_estimate(distribution, part, num_paths) for part in flat.split(chunk)])
         values = log_p.reshape(gx.shape).exp()
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
     _heat(ax, gx, gy, values, cmap, title or "density", bounds)
     _save(ax.figure, path)
     return ax
@@ -286,7 +280,7 @@ def samples_per_layer(flow, num_samples=1000, base=None, path=None, bounds=None,
 
 def _curves(history):
     """``[(name, steps, values)]`` of what a history recorded."""
-    if hasattr(history, "loss"):  # infer.TargetHistory: one loss per step
+    if history.kind == "target":  # one loss per step
         steps, loss = list(history.steps), list(history.loss)
         window = max(1, len(loss) // 100)
         if window > 1:
@@ -295,15 +289,15 @@ def _curves(history):
             steps = steps[window - 1::window][: smooth.numel()]
             loss = smooth.tolist()
         return [("loss (negative ELBO)", steps, loss)]
-    curves = [("train NLL", list(history.steps), list(history.train_nll))]
+    curves = [("train NLL", list(history.steps), list(history.loss))]
     if getattr(history, "val_nll", None):
         curves.append(("validation NLL", list(history.steps)[: len(history.val_nll)], list(history.val_nll)))
     return curves
 
 
 def training_curves(histories, labels=None, ax=None, path=None, title=None, reference=None):
-    """Loss against step for one history or a list of them: ``infer.History`` (training and validation
-    NLL) or ``infer.TargetHistory`` (the negative ELBO, averaged over windows of 1% of the steps).
+    """Loss against step for one history or a list of them: an ``infer.History`` of a density fit (training and
+    validation NLL) or of a target fit (the negative ELBO, averaged over windows of 1% of the steps).
     ``labels`` names the histories; ``reference`` draws a horizontal line (e.g. ``-log Z``, the floor of
     the negative ELBO). Returns the figure."""
     if not isinstance(histories, (list, tuple)):

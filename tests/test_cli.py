@@ -144,6 +144,18 @@ def test_other_file_types_are_read(tmp_path, suffix):
     (["fit", "--hidden", "a,b"], "comma-separated"),
     (["fit", "--save", "/no/such/folder/m.pt"], "does not exist"),
     (["sample", "--model", "missing.pt"], "no such file"),
+    (["fit", "--steps", "-5"], "expected a positive int, got '-5'"),
+    (["fit", "--lr", "0"], "expected a positive float, got '0'"),
+    (["fit", "--batch-size", "0"], "expected a positive int"),
+    (["fit", "--n", "0"], "expected a positive int"),
+    (["vi", "--layers", "0"], "expected a positive int"),
+    (["fit", "--device", "gpu"], "expected cpu, cuda or cuda:N, got 'gpu'"),
+    (["vi", "--device", "tpu"], "expected cpu, cuda or cuda:N"),
+    (["vi", "--beta0", "0"], "expected a number in (0, 1]"),
+    (["vi", "--anneal-steps", "-1"], "expected an int >= 0"),
+    (["fit", "--out", "/no/such/folder/fit.png"], "does not exist"),
+    (["fit", "--context-columns", "1"], "a toy set has no context columns"),
+    (["fit", "--context-columns", "a"], "column indices"),
 ])
 def test_bad_arguments_stop_before_training(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -157,3 +169,71 @@ def test_nan_rows_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["fit", "--data", str(path)])
     assert stop.value.code == 2 and "data rows 2, 4" in capsys.readouterr().err
+
+
+def test_unknown_option_shows_the_commands_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--stepz", "3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "usage: python -m pyro_nf fit" in err and "unrecognized arguments: --stepz" in err
+
+
+def test_cuda_missing_is_a_usage_error(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--device", "cuda"])
+    assert stop.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_every_option_has_help_with_its_default_and_no_markup():
+    from pyro_nf.__main__ import build_parser
+
+    parser, commands = build_parser()
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help text"
+            if not action.required:
+                assert "default" in action.help, f"{name} {action.option_strings}: the help does not give a default"
+        text = command.format_help()
+        assert "``" not in text and ":func:" not in text and ":class:" not in text, name
+    assert "``" not in parser.format_help()
+
+
+def test_conditional_fit_save_sample_score(tmp_path, capsys):
+    """A CSV whose last two columns are a context: p(x | c) fitted, saved, sampled at a context, scored."""
+    import numpy as np
+    import torch
+
+    import pyro_nf as nf
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(600, 2)) * 5.0 + 20.0
+    x = (c @ np.array([[1.0, 0.0], [0.0, -1.0]])) + 0.5 * rng.normal(size=(600, 2))
+    csv = tmp_path / "xc.csv"
+    np.savetxt(csv, np.concatenate([x, c], 1), delimiter=",", header="x0,x1,c0,c1", comments="")
+    model_path = tmp_path / "m.pt"
+    assert main(["fit", "--data", str(csv), "--context-columns", "2,3", "--flow", "maf", "--steps", "300",
+                 "--lr", "5e-3", "--quiet", "--out", str(tmp_path / "fit.png"), "--save", str(model_path)]) == 0
+    assert "given columns [2, 3]" in capsys.readouterr().out
+    model = nf.load(model_path)
+    assert isinstance(model, nf.ConditionalFlowDistribution)
+    out = tmp_path / "samples.csv"
+    assert main(["sample", "--model", str(model_path), "-n", "500", "--context", "25,15", "--out", str(out)]) == 0
+    drawn = nf.datasets.read_file(out)
+    assert drawn.shape == (500, 2)
+    assert abs(drawn[:, 0].mean().item() - 25.0) < 1.5 and abs(drawn[:, 1].mean().item() + 15.0) < 1.5
+    scores = tmp_path / "scores.csv"
+    assert main(["score", "--model", str(model_path), "--data", str(csv), "--context-columns", "2,3",
+                 "--out", str(scores)]) == 0
+    as_float = dict(dtype=torch.float32)
+    expected = model.condition(torch.as_tensor(c, **as_float)).log_prob(torch.as_tensor(x, **as_float))
+    torch.testing.assert_close(nf.datasets.read_file(scores)[:, 0], expected, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert main(["score", "--model", str(model_path), "--data", str(csv)]) == 2
+    assert "give --context-columns" in capsys.readouterr().err
+    assert main(["sample", "--model", str(model_path)]) == 2
+    assert "give --context with its 2 values" in capsys.readouterr().err

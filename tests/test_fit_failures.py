@@ -86,7 +86,7 @@ def test_any_failure_restores_the_best_validated_parameters(monkeypatch, patienc
     model = nf.transformed(flow)
     evaluations = []
     nll = infer.nll
-    monkeypatch.setattr(infer, "nll", lambda m, d, **kw: evaluations.append((nll(m, d, **kw), _state(flow))) or
+    monkeypatch.setattr(infer.density, "nll", lambda m, d, **kw: evaluations.append((nll(m, d, **kw), _state(flow))) or
                         evaluations[-1][0])
     _FailAt(model, flow, at=23, error=error)
     expected = infer.FitDivergedError if error is None else KeyboardInterrupt
@@ -103,7 +103,7 @@ def test_any_failure_restores_the_best_validated_parameters(monkeypatch, patienc
 
 def test_too_few_points_for_the_split_is_a_clear_error_before_training(monkeypatch):
     flow = nf.build("realnvp", 2, num_layers=1, hidden_dims=(4,))
-    monkeypatch.setattr(infer, "_density_loop", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(infer.density, "_density_loop", lambda *a, **k: pytest.fail("trained"))
     five = torch.randn(5, 2)
     with pytest.raises(ValueError, match=r"validation=0.1 of 5 points rounds to 0 validation points; at least 1 "
                                          r"is needed: give at least 6 points"):

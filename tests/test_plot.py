@@ -83,7 +83,8 @@ def test_samples_per_layer_many_layers_and_distributions():
 def test_training_curves(tmp_path):
     flow = nf.build("planar", 2, num_layers=2)
     fit = infer.fit_density(flow, torch.randn(200, 2), steps=20, eval_every=5, progress=False, seed=0)
-    vi = infer.TargetHistory(steps=list(range(1, 301)), loss=[1.0 / s for s in range(1, 301)], beta=[1.0] * 300)
+    vi = infer.History(kind="target", steps=list(range(1, 301)), loss=[1.0 / s for s in range(1, 301)],
+                       beta=[1.0] * 300)
     fig = plot.training_curves(fit)
     assert len(fig.axes[0].lines) == 2  # training and validation NLL
     fig = plot.training_curves([vi, vi], labels=["a", "b"], reference=0.0, path=tmp_path / "c.png")
