@@ -253,20 +253,27 @@ def _vi(args) -> int:
     if setup is None:
         return 2
     device, dtype = setup
+    if multiprocess.launched():  # under torchrun: each process draws its own particles, process 0 reports
+        device = multiprocess.setup(device)
+    say = print if multiprocess.is_main() else (lambda *a, **k: None)
     target = targets.load(args.target)
     flow = flows.build(args.flow, 2, num_layers=args.layers).to(device=device, dtype=dtype)
     model = flows.transformed(flow)
     anneal_steps = max(1, args.steps // 10) if args.anneal_steps is None else args.anneal_steps
     annealing = (args.beta0, anneal_steps) if anneal_steps > 0 else None
     schedule = f"annealing beta {args.beta0} -> 1 over {anneal_steps} steps" if annealing else "no annealing"
-    print(f"fitting {args.flow!r} ({args.layers} layers, {sum(p.numel() for p in flow.parameters())} parameters) "
-          f"to {target.name} by reverse KL: {args.steps} steps x {args.particles} particles, lr {args.lr}, "
-          f"{schedule}, {device}, {dtype}")
+    processes = f", {multiprocess.world_size()} processes" if multiprocess.active() else ""
+    say(f"fitting {args.flow!r} ({args.layers} layers, {sum(p.numel() for p in flow.parameters())} parameters) "
+        f"to {target.name} by reverse KL: {args.steps} steps x {args.particles} particles, lr {args.lr}, "
+        f"{schedule}, {device}, {dtype}{processes}")
     try:
         history = infer.fit_target(model, target, steps=args.steps, lr=args.lr, num_particles=args.particles,
                                    annealing=annealing, seed=args.seed, progress=not args.quiet)
     except infer.FitDivergedError as error:
         return _diverged(error)
+    if not multiprocess.is_main():
+        multiprocess.cleanup()
+        return 0
     n = args.eval_samples
     kl = infer.reverse_kl(model, target, n)
     ess = infer.effective_sample_size(model, target, n)
@@ -284,6 +291,7 @@ def _vi(args) -> int:
                          title=f"{args.flow} (K={args.layers}) on {target.name}: reverse KL {kl:.3f} nats, "
                                f"ESS {ess:.2f}")
     print(f"wrote {args.out}")
+    multiprocess.cleanup()
     return 0
 
 

@@ -14,6 +14,7 @@ from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from tqdm.auto import tqdm
 
+from .. import distributed as multiprocess
 from .common import (
     FitDivergedError,
     History,
@@ -68,6 +69,7 @@ def fit_target(
     clip_grad: float | None = 10.0,
     seed: int | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> History:
     r"""Fit ``model`` (a flow, or a ``TransformedDistribution`` over one) to an unnormalised ``target``
     by minimising the reverse KL divergence :math:`\mathrm{KL}(q \,\|\, p)`, Pyro's way.
@@ -127,6 +129,14 @@ def fit_target(
     envelope, stays a little above its aim at this budget (0.055 after 20000 steps at ``lr=1e-2`` with the
     earlier loop).
 
+    **More than one process.** With ``distributed=True`` (default: whenever the process was launched by
+    ``torchrun``) the fit joins the process group (gloo on the CPU, NCCL on CUDA) and trains one flow with
+    ``DistributedDataParallel``: every process draws its own ``num_particles`` particles, process ``r`` from
+    the RNG stream seeded with ``seed + r`` (``seed=None``: a seed drawn by process 0 and shared), and the
+    averaged gradients are those of the ELBO over all ``world_size * num_particles`` particles. The loss in
+    the history is averaged over processes too, so every process decides the same on divergence; only
+    process 0 shows the progress bar. The parameters start from process 0's (DDP broadcasts them).
+
     Returns a :class:`~pyro_nf.infer.History` (``kind="target"``, one record per step).
     """
     distribution = _as_distribution(model)
@@ -157,6 +167,17 @@ def fit_target(
             raise ValueError(f"fit_target: anneal_steps must be a positive int or a fraction of steps in (0, 1], "
                              f"got {anneal_steps!r}")
 
+    if distributed is None:
+        distributed = multiprocess.launched()
+    world = 1
+    if distributed:
+        multiprocess.setup(ref.device)
+        world = multiprocess.world_size()
+        if seed is None:  # one seed for all, each process then takes its own stream from it
+            shared = torch.randint(0, 2**31 - 1, (), device=ref.device if ref.device.type == "cuda" else "cpu")
+            seed = int(multiprocess.broadcast_tensor(shared))
+        seed = seed + multiprocess.rank()
+
     state = {"beta": 1.0}
     particles = pyro.plate("particles", num_particles, dim=-1)
     prefix = _fresh_prefix("fit_target")
@@ -170,12 +191,23 @@ def fit_target(
         with particles:
             pyro.sample("z", distribution)
 
+    def negative_elbo():
+        guide_trace = poutine.trace(flow_guide).get_trace()
+        model_trace = poutine.trace(poutine.replay(target_model, trace=guide_trace)).get_trace()
+        return (guide_trace.log_prob_sum() - model_trace.log_prob_sum()) / num_particles
+
     params = [p for p in modules.parameters() if p.requires_grad]
+    loss_of = negative_elbo
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_of = DistributedDataParallel(_ParticleLoss(modules, negative_elbo))  # broadcasts process 0's state
     optimizer = torch.optim.Adam(params, lr=lr)
     history = History(kind="target", param_prefix=prefix)
     modules.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc=f"fit_target {getattr(target, 'name', '')}".rstrip())
+    bar = tqdm(range(steps), disable=not progress or not multiprocess.is_main(),
+               desc=f"fit_target {getattr(target, 'name', '')}".rstrip())
     report = max(10, steps // 100)
     try:
         with _seeded(seed, ref.device), pyro.validation_enabled(False):  # validation reads every site to the host
@@ -185,14 +217,15 @@ def fit_target(
                 rate = 0.5 * lr * (1.0 + math.cos(math.pi * t / steps)) if schedule == "cosine" else lr
                 for group in optimizer.param_groups:
                     group["lr"] = rate
-                guide_trace = poutine.trace(flow_guide).get_trace()
-                model_trace = poutine.trace(poutine.replay(target_model, trace=guide_trace)).get_trace()
-                loss = (guide_trace.log_prob_sum() - model_trace.log_prob_sum()) / num_particles
+                loss = loss_of()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # under DDP: the gradients averaged over the processes
                 norm = _grad_norm(params, clip_grad)
+                checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
+                if world > 1:  # every process decides on the global loss
+                    checked = torch.stack([multiprocess.all_reduce_sum(checked[:1])[0] / world, checked[1]])
                 # the step's one host sync: loss and gradient norm together, checked before the update
-                loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.dtype)]).tolist()
+                loss_value, norm_value = checked.tolist()
                 for quantity, value in (("loss", loss_value), ("gradient norm", norm_value)):
                     if not math.isfinite(value):
                         raise FitDivergedError(
@@ -212,6 +245,19 @@ def fit_target(
         modules.eval()
         history.wall_time = time.perf_counter() - start
     return history
+
+
+class _ParticleLoss(torch.nn.Module):
+    """The negative ELBO of one process's particles as a module's forward: what ``DistributedDataParallel``
+    wraps (it averages the gradients of the parameters that a wrapped forward used)."""
+
+    def __init__(self, modules, loss):
+        super().__init__()
+        self.modules_ = modules
+        self.loss = loss
+
+    def forward(self):
+        return self.loss()
 
 
 # --------------------------------------------------------------------------- diagnostics
