@@ -166,5 +166,5 @@ def test_vi_under_torchrun_reports_once(tmp_path):
                           "--particles", "16", "--eval-samples", "500", "--quiet", "--out", str(tmp_path / "vi.png")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "2 processes" in run.stdout and run.stdout.count("reverse KL:") == 1
+    assert "2 processes" in run.stdout and run.stdout.count("ESS:") == 1
     assert (tmp_path / "vi.png").exists()
