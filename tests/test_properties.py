@@ -25,9 +25,12 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 def model_of(flow, batch_shape=(), dtype=None):
     ref = next(iter(flow.parameters()), None)
+    if ref is None:
+        ref = next(iter(flow.buffers()), None)
     dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
+    device = ref.device if ref is not None else None
     size = flow.base_dim() if isinstance(flow, nf.Flow) else flow.domain_dim
-    loc = torch.zeros(*batch_shape, size, dtype=dtype)
+    loc = torch.zeros(*batch_shape, size, dtype=dtype, device=device)
     return dist.TransformedDistribution(dist.Normal(loc, torch.ones_like(loc)).to_event(1), flow)
 
 
@@ -101,11 +104,11 @@ def test_surjection_right_inverse(case_id, dtype):
 
 @pytest.mark.parametrize("state", ["perturbed", "trained"])
 @pytest.mark.parametrize("case_id", BIJECTIONS)
-def test_ladj_matches_autograd_jacobian(case_id, state):
+def test_ladj_matches_autograd_jacobian(case_id, state, device):
     d = dim_for(case_id)
-    flow = make(case_id, d, torch.float64, trained=state == "trained").eval()
+    flow = make(case_id, d, torch.float64, trained=state == "trained", device=device).eval()
     for _ in range(3):
-        z = torch.randn(d, dtype=torch.float64)
+        z = torch.randn(d, dtype=torch.float64, device=device)
         jac = torch.autograd.functional.jacobian(lambda v: flow(v.clone()), z)
         expected = torch.linalg.slogdet(jac).logabsdet
         x = flow(z)
@@ -115,15 +118,16 @@ def test_ladj_matches_autograd_jacobian(case_id, state):
 
 @pytest.mark.parametrize("state", ["perturbed", "trained"])
 @pytest.mark.parametrize("case_id", IDS)
-def test_inverse_ladj_matches_forward_ladj(case_id, state):
+def test_inverse_ladj_matches_forward_ladj(case_id, state, device):
     """The log-det recorded by the density direction is the forward one at the recovered point."""
     d = dim_for(case_id)
-    flow = make(case_id, d, torch.float64, trained=state == "trained").eval()
+    flow = make(case_id, d, torch.float64, trained=state == "trained", device=device).eval()
     # A composition's log-det of a bare pair re-runs the intermediate layers, so with random
     # layers inside only each layer's own pair determines its log-det: check layer by layer.
     layers = [flow] if CASES[case_id].kind == "bijection" else parts(flow)
     for layer in layers:
-        x = torch.randn(16, layer.codomain_dim if hasattr(layer, "codomain_dim") else d, dtype=torch.float64)
+        x = torch.randn(16, layer.codomain_dim if hasattr(layer, "codomain_dim") else d, dtype=torch.float64,
+                        device=device)
         if nf.flows.is_positive(layer.codomain):
             x = x.abs()
         z = layer.inv(x)
@@ -178,15 +182,15 @@ def test_density_integrates_to_one(case_id):
 
 
 @pytest.mark.parametrize("case_id", IDS)
-def test_float64_in_float64_out(case_id):
+def test_float64_in_float64_out(case_id, device):
     d = dim_for(case_id)
-    flow = make(case_id, d, torch.float64).eval()
+    flow = make(case_id, d, torch.float64, device=device).eval()
     model = model_of(flow, dtype=torch.float64)
     s = model.rsample((4,))
     assert s.dtype == torch.float64
     assert model.log_prob(s).dtype == torch.float64
-    fresh = torch.randn(4, d, dtype=torch.float64)
-    assert model.log_prob(fresh).dtype == torch.float64
+    fresh = torch.randn(4, d, dtype=torch.float64, device=device)
+    assert model.log_prob(fresh).dtype == torch.float64 and s.device.type == device.type
     z = flow.inv(fresh)
     assert z.dtype == torch.float64 and flow.log_abs_det_jacobian(z, fresh).dtype == torch.float64
 
@@ -207,12 +211,12 @@ def test_cuda(case_id, dtype):
 
 
 @pytest.mark.parametrize("case_id", IDS)
-def test_gradients_reach_every_parameter(case_id):
+def test_gradients_reach_every_parameter(case_id, device):
     d = dim_for(case_id)
-    flow = make(case_id, d).train()
+    flow = make(case_id, d, device=device).train()
     if next(iter(flow.parameters()), None) is None:
         pytest.skip("the layer has no parameters")
-    model_of(flow).log_prob(torch.randn(128, d)).sum().backward()
+    model_of(flow).log_prob(torch.randn(128, d, device=device)).sum().backward()
     for name, p in flow.named_parameters():
         assert p.grad is not None, f"{case_id}: no gradient reaches {name}"
         assert torch.isfinite(p.grad).all(), f"{case_id}: non-finite gradient for {name}"
@@ -220,15 +224,15 @@ def test_gradients_reach_every_parameter(case_id):
 
 
 @pytest.mark.parametrize("case_id", IDS)
-def test_state_dict_round_trip(case_id):
+def test_state_dict_round_trip(case_id, device):
     d = dim_for(case_id)
-    source = make(case_id, d, seed=1).eval()
-    target = make(case_id, d, seed=2, perturbed=False).eval()
+    source = make(case_id, d, seed=1, device=device).eval()
+    target = make(case_id, d, seed=2, perturbed=False, device=device).eval()
     buffer = io.BytesIO()
     torch.save(source.state_dict(), buffer)
     buffer.seek(0)
     target.load_state_dict(torch.load(buffer))
-    x = torch.randn(32, d)
+    x = torch.randn(32, d, device=device)
     torch.manual_seed(5)  # the same random path for stochastic layers
     expected = model_of(source).log_prob(x)
     torch.manual_seed(5)
@@ -246,15 +250,15 @@ def test_repr(case_id):
 
 
 @pytest.mark.parametrize("case_id", IDS)
-def test_svi_guide(case_id):
+def test_svi_guide(case_id, device):
     """The flow as a variational guide in Pyro SVI: a few steps run and move the parameters."""
     pyro.clear_param_store()
     d = dim_for(case_id)
-    flow = make(case_id, d)
-    data = torch.randn(d) + 1.0
+    flow = make(case_id, d, device=device)
+    data = torch.randn(d, device=device) + 1.0
 
     def model():
-        z = pyro.sample("z", dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1))
+        z = pyro.sample("z", dist.Normal(torch.zeros(d, device=device), torch.ones(d, device=device)).to_event(1))
         pyro.sample("obs", dist.Normal(z, 1.0).to_event(1), obs=data)
 
     def guide():
@@ -270,13 +274,13 @@ def test_svi_guide(case_id):
 
 
 @pytest.mark.parametrize("case_id", IDS)
-def test_no_stale_cache_in_a_training_loop(case_id):
+def test_no_stale_cache_in_a_training_loop(case_id, device):
     """Scoring the same data tensor object at every step must see the new parameters
     (Pyro's identity-keyed cache fails here with 'backward through the graph a second time')."""
     d = dim_for(case_id)
-    flow = make(case_id, d).train()
+    flow = make(case_id, d, device=device).train()
     model = model_of(flow)
-    data = torch.randn(64, d)
+    data = torch.randn(64, d, device=device)
     params = list(flow.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-2) if params else None
     losses = []
