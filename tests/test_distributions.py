@@ -95,3 +95,29 @@ def test_flow_distribution_walks_each_layer_once_and_agrees_with_torch(name):
     mixed = nf.FlowDistribution(model.base_dist, [flow, dist.transforms.AffineTransform(0.5, 2.0)])
     expected = dist.TransformedDistribution(model.base_dist, [flow, dist.transforms.AffineTransform(0.5, 2.0)])
     torch.testing.assert_close(mixed.log_prob(x.clone()), expected.log_prob(x.clone()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "iaf", "nsf_coupling", "nsf_autoregressive"])
+def test_hot_paths_make_no_host_device_synchronisation(name):
+    """log_prob of data, its backward and Adam's step, rsample, and rsample_and_log_prob never wait for the
+    GPU (torch's sync debug mode raises on a synchronisation). Argument validation is off: its finiteness
+    check is one read of a sum; ActNorm's first call initialises it and is made before."""
+    torch.manual_seed(0)
+    flow = nf.build(name, 4, num_layers=2, hidden_dims=(16,)).cuda()
+    model = nf.transformed(flow)
+    model._validate_args = False
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    x = torch.randn(256, 4, device="cuda")
+    model.log_prob(x).sum().backward()  # warm-up: ActNorm's data-dependent initialisation
+    optimizer.zero_grad()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = -model.log_prob(x.clone()).mean()
+        loss.backward()
+        optimizer.step()
+        model.rsample((64,))
+        model.rsample_and_log_prob((64,))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -206,3 +206,20 @@ def test_nll_takes_numpy_and_float64_data_by_one_rule():
     assert abs(infer.nll(model, x.tolist()) - expected) < 1e-5
     with pytest.raises(ValueError, match=r"nll: expected data of shape \(N, 2\)"):
         infer.nll(model, np.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_every_fit_runs_on_the_device_of_the_model(device, dtype):
+    """fit_density, nll, fit_target and the diagnostics keep the model's device and dtype (CPU data given)."""
+    torch.manual_seed(0)
+    flow = nf.build("maf", 2, num_layers=2, hidden_dims=(8,)).to(device=device, dtype=dtype)
+    data = nf.datasets.two_moons(300, seed=0)  # float32 on the CPU
+    history = infer.fit_density(flow, data, steps=20, batch_size=64, eval_every=10, progress=False, seed=0)
+    assert math.isfinite(history.best_val_nll) and math.isfinite(infer.nll(flow, data))
+    assert all(p.device.type == device.type and p.dtype == dtype for p in flow.parameters())
+    guide = nf.build("iaf", 2, num_layers=2, hidden_dims=(8,)).to(device=device, dtype=dtype)
+    target = nf.targets.load("U1")
+    history = infer.fit_target(guide, target, steps=10, num_particles=32, progress=False, seed=0)
+    assert all(math.isfinite(v) for v in history.loss)
+    assert 0 < infer.effective_sample_size(guide, target, 500) <= 1
+    assert math.isfinite(infer.reverse_kl(guide, target, 500))
