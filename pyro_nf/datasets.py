@@ -302,7 +302,13 @@ DATASETS = {
 
 
 def load(name: str, n: int = 1000, seed: int | None = None, device=None, dtype=None, **options) -> torch.Tensor:
-    """A named toy data set (see ``DATASETS``) as an ``(n, d)`` tensor; ``options`` go to its function."""
+    """A named toy data set (see ``DATASETS``) as an ``(n, d)`` tensor; ``options`` go to its function.
+
+    Example:
+        >>> import pyro_nf as nf
+        >>> sorted(nf.datasets.DATASETS)[:3], nf.datasets.load("checkerboard", n=500, seed=0).shape
+        (['8gaussians', 'checkerboard', 'mixture1d'], torch.Size([500, 2]))
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](n, seed=seed, device=device, dtype=dtype, **options)

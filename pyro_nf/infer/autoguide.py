@@ -75,6 +75,22 @@ class AutoFlow(AutoContinuous):
     Raises ``ValueError`` for an unknown architecture (listing ``nf.names()``) or unknown options, and, on
     the first call, for a model with a discrete latent site (naming it: hide such sites with
     ``poutine.block`` and enumerate them, as for any ``AutoContinuous`` guide).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> from pyro_nf.infer import AutoFlow
+        >>> def model(y):
+        ...     loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        ...     scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(loc, scale), obs=y)
+        >>> pyro.clear_param_store()
+        >>> guide = AutoFlow(model, "nsf_coupling", num_layers=2)
+        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        >>> losses = [svi.step(torch.randn(50) * 2) for _ in range(20)]
+        >>> guide.flow.dim, sorted(guide.median(torch.randn(50)))
+        (2, ['loc', 'scale'])
     """
 
     def __init__(self, model, flow: str = "iaf", *, init_loc_fn=init_to_median, init_scale: float = 1.0,
