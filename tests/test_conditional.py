@@ -238,3 +238,50 @@ def test_neural_posterior_estimation_recipe_matches_the_exact_posterior():
         draws = posterior.condition(x_observed).sample((4000,))
     torch.testing.assert_close(draws.mean(0), exact_mean, atol=0.07, rtol=0)
     torch.testing.assert_close(draws.T.cov(), cov, atol=0.02, rtol=0)
+
+
+def _linear_gaussian():
+    """theta ~ N(0, I_2), x = A theta + 0.5 eps (3-D): the posterior is Gaussian with covariance
+    S = (I + A^T A / 0.25)^-1 and mean S A^T x / 0.25."""
+    a = torch.tensor([[1.0, 0.5], [-0.5, 1.0], [0.3, -0.8]])
+    prior = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+
+    def simulator(theta):
+        return theta @ a.T + 0.5 * torch.randn(theta.shape[0], 3)
+
+    precision = torch.eye(2) + a.T @ a / 0.25
+    cov = torch.linalg.inv(precision)
+
+    def posterior(x):
+        return torch.distributions.MultivariateNormal(x @ a @ cov / 0.25, covariance_matrix=cov)
+
+    return prior, simulator, posterior
+
+
+def test_fit_posterior_recovers_the_linear_gaussian_posterior():
+    prior, simulator, posterior = _linear_gaussian()
+    torch.manual_seed(0)
+    flow = nf.build("maf", 2, context_dim=3, num_layers=3, hidden_dims=(32, 32))
+    history = nf.infer.fit_posterior(flow, prior, simulator, 4000, steps=1500, batch_size=256, lr=3e-3,
+                                     progress=False, seed=0)
+    assert history.kind == "density" and history.best_val_nll < 1.5
+    gen = torch.Generator().manual_seed(1)
+    theta = torch.randn(500, 2, generator=gen)
+    x = theta @ torch.tensor([[1.0, 0.5], [-0.5, 1.0], [0.3, -0.8]]).T + 0.5 * torch.randn(500, 3, generator=gen)
+    q = nf.transformed(flow).condition(x)
+    with torch.no_grad():
+        gap = (posterior(x).log_prob(theta) - q.log_prob(theta)).mean().item()  # E[KL] + noise, in nats
+        drawn = nf.transformed(flow).condition(x[:3]).sample((4000,))  # (4000, 3, 2)
+    assert abs(gap) < 0.1, gap
+    torch.testing.assert_close(drawn.mean(0), posterior(x[:3]).mean, atol=0.1, rtol=0)
+
+
+def test_fit_posterior_refuses_what_it_cannot_fit():
+    prior, simulator, _ = _linear_gaussian()
+    with pytest.raises(TypeError, match="expected a conditional flow"):
+        nf.infer.fit_posterior(nf.build("maf", 2), prior, simulator, 10)
+    with pytest.raises(ValueError, match=r"simulator returned shape \(10, 3\) for 10 parameter rows; the flow's "
+                                         r"context needs \(10, 2\)"):
+        nf.infer.fit_posterior(nf.build("maf", 2, context_dim=2), prior, simulator, 10)
+    with pytest.raises(ValueError, match="non-finite|NaN"):
+        nf.infer.fit_posterior(nf.build("maf", 2, context_dim=3), prior, lambda t: simulator(t) / 0.0 * 0.0, 10)
