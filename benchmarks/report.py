@@ -191,7 +191,8 @@ point to the numbered reasons under the tables.
 every call, so no library's one-slot cache of its last `(x, y)` pair gives it a free pass. Scoring the
 *same* tensor object at every step is a real pitfall: Pyro's built-in transforms return the previous
 step's cached inverse and the second `backward` fails (table "training on one tensor object" below);
-pyro_nf's stamped cache sees the new parameters. The reverse-KL step (IAF and planar, which are guides)
+pyro_nf never caches the density of data (its records hold only the pairs it sampled), so it sees the new
+parameters. The reverse-KL step (IAF and planar, which are guides)
 draws `rsample` and scores the sample: pyro_nf and Pyro read the log-determinant from their caches,
 zuko (`rsample_and_log_prob`), nflows (`sample_and_log_prob`) and normflows (`sample`) compute it in
 the same pass.
@@ -233,10 +234,11 @@ the suspected part off; `python benchmarks/micro.py` reproduces the microbenchma
   `__debug__` in torch.distributions). `FlowDistribution` checks with one sum instead of the full support
   test; Pyro's built-ins pay the full check, zuko, nflows and normflows do not validate.
   `pyro.enable_validation(False)` removes it.
-- **The stamped cache.** Every cache store and lookup reads the version counters of the layer's parameters
-  and buffers and of `x` and `y`: the price of a cache that cannot go stale (table "training on one tensor
-  object"). Since changes 6 and 11 a stamp is a tuple of integers read from a kept list, and each layer is
-  looked up once per `log_prob`.
+- **The records.** `log_prob` of data reads no cache; a sample's record (the pair and log-det of the last
+  `rsample`) is read back only if the parameters, buffers and the pair still hold the values they held when
+  it was made, which costs one copy when a sample is drawn and one comparison when it is scored: the price,
+  in the reverse-KL rows, of a record that cannot go stale (`python benchmarks/record_overhead.py`; README,
+  "Records that cannot go stale").
 - **Memory.** Saved tensors of one MAF D = 64 training step (`torch.autograd.graph.saved_tensors_hooks`,
   unique storages): pyro_nf 11.8 MiB (14.3 before change 8), Pyro 11.3, nflows 11.8, normflows 10.5, zuko
   13.7; RealNVP D = 64: pyro_nf 9.6, Pyro 10.6, nflows 8.6, normflows 12.6, zuko 11.6. The clamp's sigmoid
@@ -248,7 +250,10 @@ the suspected part off; `python benchmarks/micro.py` reproduces the microbenchma
 
 ### What was changed in pyro_nf for speed
 
-All with identical behaviour (outputs and gradients bitwise equal to before on realnvp, nice, nsf_coupling
+Changes 1-3, 6 and 12 were made to the earlier version-stamped cache of `transforms/base.py`, since replaced
+by the records of `pyro_nf/base.py`, and `learn_bound` (change 8) was later removed; they are kept here as
+the history of the measurements. The others describe the code as it is. All were made with identical
+behaviour (outputs and gradients bitwise equal to before on realnvp, nice, nsf_coupling
 and nsf_autoregressive at D = 2, 3, 8, 64; glow agrees to float rounding) and
 `tests/test_properties.py tests/test_layers.py tests/test_autoregressive.py tests/test_spline_planar.py` green:
 
