@@ -89,8 +89,23 @@ def test_maf_agrees_with_the_slow_maf_oracle(shift):
 
 
 def _count_passes(layer):
+    """A list that grows by one at every evaluation of the layer's MADE: a forward call, or one pass of the
+    sequential loop's ``repeated`` function."""
     calls = []
-    layer.conditioner.register_forward_hook(lambda *args: calls.append(1))
+    made = layer.conditioner
+    made.register_forward_hook(lambda *args: calls.append(1))
+    repeated = made.repeated
+
+    def counted(context=None):
+        params = repeated(context)
+
+        def one_pass(x, coordinate=None):
+            calls.append(1)
+            return params(x, coordinate)
+
+        return one_pass
+
+    made.repeated = counted
     return calls
 
 
@@ -138,3 +153,24 @@ def test_a_made_of_the_wrong_layout_is_refused():
     layer.conditioner = MADE(3, (8, 8), 2)  # swapped in after construction
     with pytest.raises(ValueError, match="param_major=True"):
         layer.inv(torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+@pytest.mark.parametrize("param_major", [False, True])
+def test_made_repeated_equals_forward(context_dim, param_major):
+    """The sequential passes' MADE (masked weights and context share computed once) is the same function."""
+    torch.manual_seed(0)
+    made = MADE(5, (16, 16), params_per_dim=3, context_dim=context_dim, zero_init=False, param_major=param_major,
+                order=torch.randperm(5))
+    x = torch.randn(7, 5, dtype=torch.float64)
+    made.double()
+    context = torch.randn(7, context_dim, dtype=torch.float64) if context_dim else None
+    expected = made(x, context) if context_dim else made(x)
+    params = made.repeated(context)
+    torch.testing.assert_close(params(x), expected, rtol=1e-12, atol=1e-12)
+    for i in range(5):  # one coordinate's rows alone
+        one = params(x, torch.tensor([i]))
+        torch.testing.assert_close(one, expected[..., :, i:i + 1] if param_major else expected[..., i:i + 1, :],
+                                   rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="MADE: expected a context"):
+        MADE(5, (16, 16), context_dim=2).repeated(None)

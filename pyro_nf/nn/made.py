@@ -114,5 +114,41 @@ class MADE(nn.Module):
         shape = (self.params_per_dim, self.input_dim) if self.param_major else (self.input_dim, self.params_per_dim)
         return self.net(x).unflatten(-1, shape)
 
+    def repeated(self, context: torch.Tensor | None = None):
+        """``forward`` as a function of ``x`` alone, for the sequential passes of an autoregressive inversion:
+        the masked weights are multiplied out once, and the context's share of the first layer,
+        ``W_c c + b``, is computed once instead of concatenating ``c`` to ``x`` at every pass.
+
+        The function ``params(x, coordinate=None)`` returns what ``forward`` does; with ``coordinate`` (a
+        one-element long tensor, on the device) only that coordinate's parameters, shaped ``(..., 1, P)`` (or
+        ``(..., P, 1)`` param-major), from the rows of the output layer that carry them: a pass that solves for
+        one coordinate needs no other. Differentiable as ``forward`` is; equal to it up to rounding."""
+        if self.context_dim and (context is None or context.shape[-1] != self.context_dim):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"MADE: expected a context of shape (..., {self.context_dim}), got {got}")
+        modules = list(self.net)
+        weights = [m.weight * m.mask if isinstance(m, MaskedLinear) else None for m in modules]
+        first, first_bias = weights[0], modules[0].bias
+        context_share = None
+        if self.context_dim:
+            first, context_weight = first[:, : self.input_dim], first[:, self.input_dim:]
+            context_share = F.linear(context, context_weight, first_bias)
+        hidden, (last_weight, last) = list(zip(modules[1:-1], weights[1:-1])), (weights[-1], modules[-1])
+        per_dim, dim = self.params_per_dim, self.input_dim
+        shape = (per_dim, dim) if self.param_major else (dim, per_dim)
+        offsets = torch.arange(per_dim, device=last_weight.device) * (dim if self.param_major else 1)
+
+        def params(x: torch.Tensor, coordinate: torch.Tensor | None = None) -> torch.Tensor:
+            h = F.linear(x, first, first_bias) if context_share is None else F.linear(x, first) + context_share
+            for module, weight in hidden:
+                h = module(h) if weight is None else F.linear(h, weight, module.bias)
+            if coordinate is None:
+                return F.linear(h, last_weight, last.bias).unflatten(-1, shape)
+            rows = offsets + (coordinate if self.param_major else coordinate * per_dim)
+            out = F.linear(h, last_weight.index_select(0, rows), last.bias.index_select(0, rows))
+            return out.unsqueeze(-1 if self.param_major else -2)
+
+        return params
+
     def extra_repr(self) -> str:
         return f"{self.input_dim} -> {self.hidden_dims} -> {self.input_dim} x {self.params_per_dim}"

@@ -86,11 +86,9 @@ class Autoregressive(FlowTransform):
             params = self._params(z, context=context)
             x, ladj = self.transformer(_broadcast(z, params), params)
             return x, ladj.sum(-1)
-        # after k passes the first k coordinates (in the MADE order) are exact
-        x = z
-        for _ in range(self.input_dim):
-            params = self._params(x, context=context)
-            x, ladj = self.transformer(_broadcast(z, params), params)
+        x = self._solve(z, context, self.transformer)
+        params = self._params(x, context=context)
+        x, ladj = self.transformer(_broadcast(z, params), params)
         return x, ladj.sum(-1)
 
     def _inverse_with_ladj(self, x, context=None):
@@ -98,11 +96,33 @@ class Autoregressive(FlowTransform):
             params = self._params(x, context=context)
             z, ladj = self.transformer.inverse(_broadcast(x, params), params)
             return z, ladj.sum(-1)
-        z = x
-        for _ in range(self.input_dim):
-            params = self._params(z, context=context)
-            z, ladj = self.transformer.inverse(_broadcast(x, params), params)
+        z = self._solve(x, context, self.transformer.inverse)
+        params = self._params(z, context=context)
+        z, ladj = self.transformer.inverse(_broadcast(x, params), params)
         return z, ladj.sum(-1)
+
+    def _solve(self, given, context, transform):
+        r"""The sequential direction's first ``D - 1`` passes: ``out_i = transform(given_i; params_i(out_{<i}))``
+        for the coordinates in the conditioner's order but the last. After pass ``k`` the first ``k``
+        coordinates are exact, so the caller's one full pass on the result makes all ``D`` exact and gives
+        the log-det (``D`` conditioner passes in all). With a MADE each of these passes evaluates only the
+        output rows of the coordinate it solves and transforms only that coordinate, with the masked weights
+        multiplied out once (:meth:`~pyro_nf.nn.MADE.repeated`); other conditioners run whole passes."""
+        conditioner, dim = self.conditioner, self.input_dim
+        if not isinstance(conditioner, MADE):
+            out = given
+            for _ in range(dim - 1):
+                params = self._params(out, context=context)
+                out = transform(_broadcast(given, params), params)[0]
+            return out
+        params_of = conditioner.repeated(context if self.context_dim else None)
+        out = given
+        for k in range(dim - 1):
+            coordinate = conditioner.order[k: k + 1]  # a device tensor: no host synchronisation
+            params = params_of(out, coordinate)
+            value = transform(_broadcast(given, params).index_select(-1, coordinate), params)[0]
+            out = _broadcast(out, params).index_copy(-1, coordinate, value)
+        return out
 
     def _ladj(self, z, x, context=None):
         params = self._params(x if self.direction == "maf" else z, context=context)
