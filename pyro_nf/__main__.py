@@ -38,22 +38,28 @@ def _setup(args):
     return device, torch.float64 if args.float64 else torch.float32
 
 
-SPLIT = (0.8, 0.1, 0.1)  # train, validation, test fractions of the fit command's data
+def _fractions(args) -> tuple[float, float, float]:
+    """The fit command's training, validation and test fractions of its data."""
+    return 1.0 - args.validation - args.test, args.validation, args.test
 
 
-def _split_sizes(n: int) -> list[int]:
-    """How many of ``n`` points ``datasets.split`` puts in each part of ``SPLIT``."""
-    return [part.shape[0] for part in datasets.split(torch.empty(n, 0), SPLIT, seed=0)]
+def _split_sizes(n: int, fractions) -> list[int]:
+    """How many of ``n`` points ``datasets.split`` puts in each part of ``fractions``."""
+    return [part.shape[0] for part in datasets.split(torch.empty(n, 0), fractions, seed=0)]
 
 
 def _check_fit_sizes(parser, args) -> None:
     """Exit through ``parser.error`` (status 2), before any training, when ``--n`` leaves a part of the
     split empty: the fit needs training points, validation points and test points."""
-    sizes = _split_sizes(args.n)
+    split = _fractions(args)
+    if split[0] <= 0:
+        parser.error(f"--validation {args.validation:g} and --test {args.test:g} leave no training points; their "
+                     "sum must be below 1")
+    sizes = _split_sizes(args.n, split)
     if min(sizes) >= 1:
         return
-    need = next(m for m in range(1, 10_000) if all(min(_split_sizes(k)) >= 1 for k in range(m, m + 20)))
-    parser.error(f"--n {args.n} is too small: the {'/'.join(f'{f:.0%}' for f in SPLIT)} split leaves "
+    need = next(m for m in range(1, 100_000) if all(min(_split_sizes(k, split)) >= 1 for k in range(m, m + 20)))
+    parser.error(f"--n {args.n} is too small: the {'/'.join(f'{f:.0%}' for f in split)} split leaves "
                  f"{sizes[0]} training, {sizes[1]} validation and {sizes[2]} test points, and the fit needs at "
                  f"least one of each; use --n {need} or more")
 
@@ -97,7 +103,7 @@ def _fit(args) -> int:
     dim, conditional = data.shape[-1], args.context is not None
     if conditional:  # split the rows of x and c together
         data = torch.cat([data, args.context.to(device=device, dtype=dtype)], -1)
-    train, val, test = datasets.split(data, SPLIT, seed=args.seed)
+    train, val, test = datasets.split(data, _fractions(args), seed=args.seed)
     (train, train_c), (val, val_c), (test, test_c) = [(part[:, :dim], part[:, dim:] if conditional else None)
                                                       for part in (train, val, test)]
     torch.manual_seed(args.seed)  # the same initial parameters on every process
@@ -120,7 +126,8 @@ def _fit(args) -> int:
         fit_data, fit_c, validation = train, None, val
     try:
         history = infer.fit_density(model, fit_data, validation=validation, context=fit_c, steps=args.steps,
-                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet)
+                                    batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                                    patience=args.patience, seed=args.seed, progress=not args.quiet)
     except infer.FitDivergedError as error:
         return _diverged(error)
     test_nll = infer.nll(model, test, context=test_c)
@@ -337,6 +344,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _open_fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     """An argparse type: an int >= 0."""
     try:
@@ -385,8 +403,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="python -m pyro_nf", description=DESCRIPTION, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fit = sub.add_parser("fit", help="density estimation on a toy set or your own file (the default job)",
-                         description="Fit a flow by maximum likelihood (an 80/10/10 split into training, validation "
-                                     "and test points), print the held-out NLL in nats and write a picture.")
+                         description="Fit a flow by maximum likelihood (by default an 80/10/10 split into training, "
+                                     "validation and test points), print the held-out NLL in nats and write a "
+                                     "picture.")
     fit.add_argument("--data", default="moons",
                      help=f"a toy set ({', '.join(sorted(datasets.DATASETS))}) or a file of N rows and D columns: "
                           ".csv (a header line is detected), .npy, .npz or .pt (default: %(default)s)")
@@ -413,6 +432,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     fit.add_argument("--batch-size", type=_positive(int), default=256, help="points per step (default: %(default)s)")
     fit.add_argument("--lr", type=_positive(float), default=2e-3,
                      help="Adam's learning rate, decayed on a cosine (default: %(default)s)")
+    fit.add_argument("--validation", type=_open_fraction, default=0.1,
+                     help="fraction of the data held out for validation: the best validated parameters are kept "
+                          "(default: %(default)s)")
+    fit.add_argument("--test", type=_open_fraction, default=0.1,
+                     help="fraction of the data held out for the reported NLL (default: %(default)s)")
+    fit.add_argument("--eval-every", type=_positive(int), default=100,
+                     help="steps between validations (default: %(default)s)")
+    fit.add_argument("--patience", type=_positive(int), default=None,
+                     help="stop early after this many validations without improvement (default: never)")
     _add_run_options(fit, "pyro_nf_fit.png")
     fit.set_defaults(run=_fit)
 

@@ -156,6 +156,9 @@ def test_other_file_types_are_read(tmp_path, suffix):
     (["fit", "--out", "/no/such/folder/fit.png"], "does not exist"),
     (["fit", "--context-columns", "1"], "a toy set has no context columns"),
     (["fit", "--context-columns", "a"], "column indices"),
+    (["fit", "--validation", "1"], "expected a fraction in (0, 1)"),
+    (["fit", "--validation", "0.5", "--test", "0.5"], "leave no training points"),
+    (["fit", "--patience", "0"], "expected a positive int"),
 ])
 def test_bad_arguments_stop_before_training(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -237,3 +240,20 @@ def test_conditional_fit_save_sample_score(tmp_path, capsys):
     assert "give --context-columns" in capsys.readouterr().err
     assert main(["sample", "--model", str(model_path)]) == 2
     assert "give --context with its 2 values" in capsys.readouterr().err
+
+
+def test_validation_test_fractions_and_patience_reach_the_fit(monkeypatch, tmp_path):
+    import pyro_nf.__main__ as cli
+
+    seen = {}
+    fit = cli.infer.fit_density
+
+    def spy(model, data, **options):
+        seen.update(options, n_train=data.shape[0])
+        return fit(model, data, **options)
+
+    monkeypatch.setattr(cli.infer, "fit_density", spy)
+    assert main(["fit", "--n", "1000", "--validation", "0.2", "--test", "0.3", "--patience", "2", "--eval-every",
+                 "5", "--steps", "20", "--quiet", "--out", str(tmp_path / "f.png")]) == 0
+    assert seen["n_train"] == 500 and seen["validation"].shape[0] == 200
+    assert seen["patience"] == 2 and seen["eval_every"] == 5
