@@ -108,6 +108,17 @@ def _check_context(distribution, data, context, owner: str):
     return context.detach().to(device=data.device, dtype=data.dtype)
 
 
+def _penalty(modules):
+    """The regularisation terms the layers ask a training loss to add (the RNODE terms of continuous flows with
+    ``kinetic`` or ``jacobian`` weights, from their last solve), as a function of nothing; ``None`` if none."""
+    from ..transforms.continuous import ContinuousFlow
+
+    layers = [m for m in modules.modules() if isinstance(m, ContinuousFlow) and (m.kinetic > 0 or m.jacobian > 0)]
+    if not layers:
+        return None
+    return lambda: sum(layer.regularization for layer in layers)
+
+
 def _reference(modules, owner: str = "fit_density"):
     for p in modules.parameters():
         return p

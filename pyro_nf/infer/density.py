@@ -20,6 +20,7 @@ from .common import (
     _log_prob,
     _modules,
     _params_finite,
+    _penalty,
     _reference,
     _seeded,
     _snapshot,
@@ -111,7 +112,9 @@ def fit_density(
     evaluations without improvement and restores the best parameters. ``schedule="cosine"``
     (default) decays the learning rate to zero over ``steps`` (``None``: constant). Gradients are
     clipped to global 2-norm ``clip_grad`` (all parameters together, as
-    ``torch.nn.utils.clip_grad_norm_``; ``None``: no clipping). Data are moved to the model's device
+    ``torch.nn.utils.clip_grad_norm_``; ``None``: no clipping). Continuous flows built with RNODE weights
+    (``kinetic``, ``jacobian``) have their regularisation term added to the minimised loss; the history
+    records the NLL alone. Data are moved to the model's device
     and dtype and detached (they are not parameters). ``progress=False`` silences the progress bar.
 
     **Seed.** With ``seed`` the fit runs in a fork of torch's RNG seeded with it
@@ -238,6 +241,7 @@ def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, w
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
     history = History(kind="density")
     best_state, bad_evals, window = None, 0, []
+    penalty = _penalty(modules)
     modules.train()
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), disable=not progress or not multiprocess.is_main(), desc="fit_density",
@@ -262,7 +266,7 @@ def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, w
             else:
                 loss = -_log_prob(distribution, train[rows], None if train_c is None else train_c[rows]).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if penalty is None else loss + penalty()).backward()  # the history keeps the NLL alone
             norm = _grad_norm(params, clip_grad)
             checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
             if ddp is not None:  # every process decides on the global values

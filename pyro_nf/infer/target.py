@@ -23,6 +23,7 @@ from .common import (
     _check_positive_int,
     _grad_norm,
     _modules,
+    _penalty,
     _reference,
     _seeded,
     _suggest,
@@ -98,7 +99,9 @@ def fit_target(
     ``clip_grad`` (all parameters together, as ``torch.nn.utils.clip_grad_norm_``, the same meaning as in
     :func:`fit_density`; ``None``: no clipping), the learning rate decayed to zero over ``steps`` on a
     cosine (``schedule="cosine"``, the default) or kept constant (``None``). ``progress=False`` silences
-    the progress bar. Samples live on the device and in the dtype of the flow's parameters; the target's
+    the progress bar. Continuous flows built with RNODE weights (``kinetic``, ``jacobian``) have their
+    regularisation term added to the minimised loss (the history records the ELBO term alone). Samples live
+    on the device and in the dtype of the flow's parameters; the target's
     ``log_prob`` must follow its input there (``pyro_nf.targets`` do).
 
     **Seed.** As in :func:`fit_density`: with ``seed`` the fit runs in a fork of torch's RNG seeded with it
@@ -205,6 +208,7 @@ def fit_target(
         return (guide_trace.log_prob_sum() - model_trace.log_prob_sum()) / num_particles
 
     params = [p for p in modules.parameters() if p.requires_grad]
+    penalty = _penalty(modules)
     loss_of = negative_elbo
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -227,7 +231,8 @@ def fit_target(
                     group["lr"] = rate
                 loss = loss_of()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # under DDP: the gradients averaged over the processes
+                # under DDP: the gradients averaged over the processes; the history keeps the ELBO term alone
+                (loss if penalty is None else loss + penalty()).backward()
                 norm = _grad_norm(params, clip_grad)
                 checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
                 if world > 1:  # every process decides on the global loss
