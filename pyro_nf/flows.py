@@ -342,6 +342,13 @@ def _augmented_ffjord(dim, num_layers=1, hidden_dims=(64, 64), augment_dim=2, le
                       "ActNorm between them (Behrmann et al., 2019; Chen et al., 2019)")
 def _residual(dim, num_layers=8, hidden_dims=(64, 64), lipschitz=0.97, actnorm=True, direction="density",
               n_exact_terms=2, geom_p=0.5, n_power_series=None, exact_below_dim=8, beta=10.0):
+    """``actnorm=True`` (default) puts an ActNorm after each block, as the Residual Flows paper does. Measured
+    (``python benchmarks/residual_actnorm.py``: 8 blocks, hidden (64, 64), 1000 steps of batch 256 at lr 2e-3,
+    10000 training points, held-out NLL, seeds 0 / 1): two moons -0.214 / -0.203 with ActNorm against
+    0.280 / 0.278 without; checkerboard 2.491 / 2.470 against 2.435 / 2.429; eight Gaussians 2.246 / 2.239
+    against 2.183 / 2.187. ActNorm is kept as the default for the large gain on two moons (each block's
+    Jacobian is ``I + J_g`` with ``||J_g|| < 1``, so a stack of blocks changes scale slowly, and ActNorm rescales in
+    one step); without it the two wider sets fit about 0.06 nats better."""
     layers = []
     for _ in range(num_layers):
         layers.append(Residual(dim, hidden_dims, lipschitz, direction, n_exact_terms, geom_p, n_power_series,
