@@ -4,7 +4,7 @@ Layers are ``pyro.distributions.TransformModule`` subclasses whose forward is th
 direction; named architectures come from :func:`pyro_nf.flows.build`.
 """
 
-from . import datasets, distributed, distributions, flows, infer, nn, targets, transforms
+from . import datasets, distributed, distributions, flows, infer, nn, simulators, targets, transforms
 from .compose import ConditionalFlow, ConditionalFlowDistribution
 from .distributions import FlowDistribution, StandardNormal
 from .flows import Flow, build, names, transformed
@@ -28,6 +28,7 @@ __all__ = [
     "names",
     "nn",
     "save",
+    "simulators",
     "targets",
     "transformed",
     "transforms",
