@@ -225,8 +225,23 @@ def close_call(outermost: bool, succeeded: bool) -> None:
             _STATE_LOCK.release()
 
 
+# Under torch.compile the thread-local state and the lock are left alone (dynamo would guard on the first, and
+# recompile once an eager call has set it, and cannot trace the second); a compiled graph does not fail half-way,
+# so what its layers stage is committed, inside the graph, when its outermost call ends.
+_TRACED = {"depth": 0, "staged": []}
+
+
 def in_call(function, *args):
     """Run ``function(*args)`` as one public call (see :func:`open_call`)."""
+    if torch.compiler.is_compiling():
+        _TRACED["depth"] += 1
+        result = function(*args)
+        _TRACED["depth"] -= 1
+        if _TRACED["depth"] == 0 and _TRACED["staged"]:
+            staged, _TRACED["staged"] = _TRACED["staged"], []
+            for layer in staged:
+                layer._commit_staged()
+        return result
     outermost = open_call()
     try:
         result = function(*args)
@@ -304,7 +319,12 @@ class FlowTransform(Recording, TransformModule):
     def _stage(self) -> None:
         """Announce that this call is about to stage data-dependent state: takes the state lock (held until
         the outermost call ends; re-check your state after this returns, another thread may have committed)
-        and registers the layer for ``_commit_staged`` / ``_discard_staged``."""
+        and registers the layer for ``_commit_staged`` / ``_discard_staged``. Under ``torch.compile``: no lock, and
+        the commit is traced into the graph at the end of the outermost call."""
+        if torch.compiler.is_compiling():  # see in_call: no lock, committed at the end of the traced call
+            if not any(layer is self for layer in _TRACED["staged"]):
+                _TRACED["staged"].append(self)
+            return
         staged = getattr(_CALL, "staged", None)
         if staged is None:
             raise RuntimeError(f"{type(self).__name__}: state staged outside a public call")

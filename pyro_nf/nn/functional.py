@@ -31,7 +31,10 @@ _SCALARS: dict = {}
 
 
 def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
-    """A cached 0-d CPU tensor of ``dtype`` (no cast at each use): a scalar operand on any device."""
+    """A cached 0-d CPU tensor of ``dtype`` (no cast at each use): a scalar operand on any device. Not cached
+    while compiling: a traced cache fill would make dynamo guard on the cache and compile again."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype)
     key = (value, dtype)
     tensor = _SCALARS.get(key)
     if tensor is None:
