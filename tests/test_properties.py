@@ -25,10 +25,11 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 def model_of(flow, batch_shape=(), dtype=None):
     ref = next(iter(flow.parameters()), None)
-    if ref is None:
-        ref = next(iter(flow.buffers()), None)
+    if ref is None:  # a parameter-free layer: its floating buffers say the dtype, any buffer the device
+        ref = next((b for b in flow.buffers() if b.is_floating_point()), None)
+    anywhere = ref if ref is not None else next(iter(flow.buffers()), None)
     dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
-    device = ref.device if ref is not None else None
+    device = anywhere.device if anywhere is not None else None
     size = flow.base_dim() if isinstance(flow, nf.Flow) else flow.domain_dim
     loc = torch.zeros(*batch_shape, size, dtype=dtype, device=device)
     return dist.TransformedDistribution(dist.Normal(loc, torch.ones_like(loc)).to_event(1), flow)
