@@ -272,6 +272,29 @@ def test_planar_u_hat_keeps_it_invertible():
     torch.testing.assert_close(layer(z.clone()), x, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dim", [1, 2, 10])
+def test_planar_starts_near_the_identity(dim):
+    """Issue 13: ``c = w.u_hat = softplus(w.u) - 1`` is centred at 0 at initialisation (with ``w.u`` near 0 it
+    was ``log 2 - 1 = -0.31``, a contraction along ``w`` in every layer), and ``u``, ``w`` are still random."""
+    torch.manual_seed(0)
+    layers = [Planar(dim) for _ in range(400)]
+    with torch.no_grad():
+        c = torch.stack([torch.nn.functional.softplus(layer.w @ layer.u) - 1 for layer in layers])
+    assert abs(float(c.mean())) < 0.05 and float(c.abs().max()) < 0.8 and float(c.std()) > 0.01
+    assert len({float(layer.bias) for layer in layers}) == 1 and float(layers[0].bias) == 0.0
+
+
+def test_fresh_deep_planar_flow_keeps_the_spread_of_its_base():
+    """Issue 13: a fresh 32-layer planar flow used to squeeze N(0, I) to a standard deviation of about 0.005
+    (32 compounded contractions); now it keeps the base's order of magnitude."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = nf.transformed(nf.build("planar", 2, num_layers=32))
+        with torch.no_grad():
+            std = model.sample((4000,)).std(0)
+        assert (std > 0.2).all() and (std < 10).all(), (seed, std)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
 def test_planar_inverse_accuracy(dtype, tol):
     torch.manual_seed(0)
