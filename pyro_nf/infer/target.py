@@ -90,8 +90,10 @@ def fit_target(
     ``(0.01, 10000)``), through ``pyro.poutine.scale`` on the model's site; ``anneal_steps`` is a number
     of steps (an int) or a fraction of ``steps`` (a float in (0, 1]). ``None`` fits at :math:`\beta = 1`
     throughout. The default ``(0.2, 0.1)`` anneals from 0.2 over the first tenth of the steps: a short
-    warm start that keeps ``q`` broad while it finds the modes (without it a planar flow on ``U1`` can
-    settle on one of the two modes, a reverse KL near ``log 2``) and leaves most steps at
+    warm start that keeps ``q`` broad while it finds the modes (with the planar initialisation before
+    the near-identity one, a planar flow on ``U1`` fitted without it settled on one of the two modes, a reverse
+    KL near ``log 2``; since then K = 8 and 32 find both without annealing, ``benchmarks/variational.md``) and
+    leaves most steps at
     :math:`\beta = 1`. Starting much colder hurts the wide targets: from 0.01 the flow first spreads over
     ``z1`` to widths near 40 (``U2``'s envelope is 4) and ends further from the target.
 
@@ -120,17 +122,18 @@ def fit_target(
     user's own entries; the fitted values live in the flow itself. The prefix is in
     ``history.param_prefix``.
 
-    **Default budget.** 10000 steps of 256 particles at ``lr=2e-2`` (cosine decay), annealing from 0.2 over
-    the first 1000: aimed at a planar flow of 32 layers reaching a reverse KL below 0.05 nats on ``U1`` and
-    ``U2`` and below 0.2 on ``U3`` / ``U4``. Measured (``torch.manual_seed(s)`` before building the flow,
-    ``seed=s``, float32, one CPU thread; about 11 ms a step on an idle thread for ``U2``, so about 2 minutes
-    a target): seed 0 ``U1`` 0.005, ``U2`` 0.076, ``U3`` 0.100, ``U4`` 0.128 nats; seed 1 ``U3`` 0.097,
-    ``U4`` 0.164. (The earlier loop, ``SVI.step`` with ``ClippedAdam`` clamping each gradient element to
-    ``[-10, 10]``, 14-17 ms a step, gave 0.077 / 0.099 on ``U3`` and 0.097 / 0.345 on ``U4`` for seeds 0 / 1:
-    the seed matters more than the optimiser's details.) Without clipping ``U4`` ended at 0.256 (seed 0): its
-    early gradient norms reach 100 or more. ``U2``, four periods of the sine inside two widths of its
-    envelope, stays a little above its aim at this budget (0.055 after 20000 steps at ``lr=1e-2`` with the
-    earlier loop).
+    **Default budget.** 10000 steps of 256 particles at ``lr=2e-2`` (cosine decay), annealing from 0.2 over the
+    first 1000: aimed at a planar flow of 32 layers reaching a reverse KL below 0.05 nats on ``U1`` and ``U2`` and
+    below 0.2 on ``U3`` / ``U4``. Measured (``torch.manual_seed(s)`` before building the flow, ``seed=s``, float32,
+    one CPU thread; about 11 ms a step on an idle thread for ``U2``, so about 2 minutes a target), with the
+    near-identity planar initialisation (``python benchmarks/variational.py --fit-target U1,U2,U3,U4 --seeds 0``):
+    seed 0 ``U1`` 0.016, ``U2`` 0.110, ``U3`` 0.093, ``U4`` 0.236 nats; ``U4`` seeds 1 / 2 0.110 / 0.092. (With the
+    former contracting initialisation: 0.004, 0.147, 0.096, 0.109 and 0.116 / 0.124; an earlier measurement gave
+    ``U2`` 0.076, not reproduced. The earlier loop, ``SVI.step`` with ``ClippedAdam`` clamping each gradient element
+    to ``[-10, 10]``, 14-17 ms a step, gave 0.077 / 0.099 on ``U3`` and 0.097 / 0.345 on ``U4`` for seeds 0 / 1: the
+    seed matters more than the optimiser's details.) Without clipping ``U4`` ended at 0.256 (seed 0): its early
+    gradient norms reach 100 or more. ``U2``, four periods of the sine inside two widths of its envelope, stays a
+    little above its aim at this budget (0.055 after 20000 steps at ``lr=1e-2`` with the earlier loop).
 
     **More than one process.** With ``distributed=True`` (default: whenever the process was launched by
     ``torchrun``) the fit joins the process group (gloo on the CPU, NCCL on CUDA) and trains one flow with
