@@ -279,7 +279,7 @@ def _vi(args) -> int:
     except infer.FitDivergedError as error:
         return _diverged(error)
     if not multiprocess.is_main():
-        multiprocess.cleanup()
+        multiprocess.cleanup()  # waits there until process 0 has reported
         return 0
     n = args.eval_samples
     kl = infer.reverse_kl(model, target, n)

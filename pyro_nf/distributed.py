@@ -89,8 +89,11 @@ def broadcast_tensor(value: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
-    """Leave the process group (call once at the end of a script)."""
+    """Leave the process group (call once at the end of a script, on every process). Waits at a barrier first,
+    so that no process tears down its connections while another still uses them (a process that finished early,
+    e.g. one that does not report, would otherwise make gloo abort the others)."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()
 
 
