@@ -205,13 +205,17 @@ def train_run(archs=TRAIN_ARCHS, dim: int = 64, batch: int = 1024, repeats: int 
 
 def train_table(rows: list[dict]) -> str:
     """Markdown table of :func:`train_run` rows."""
-    lines = ["| architecture | threads | compiled ms | eager pyro_nf ms | fastest eager peer (ms) | speed-up over it "
-             "(IQR) | over eager pyro_nf | GEMMs ms (share of compiled / of peer step) | compile s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    runs = any("run" in row for row in rows)  # rows of several runs (``run.py --merge``)
+    lines = ["| architecture | " + ("run | " if runs else "") + "threads | compiled ms | eager pyro_nf ms | fastest "
+             "eager peer (ms) | speed-up over it (IQR) | over eager pyro_nf | GEMMs ms (share of compiled / of peer "
+             "step) | compile s |",
+             "| --- " * (10 if runs else 9) + "|"]
     for row in rows:
         ms, (r, q1, q3), e = row["ms"], row["vs_fastest_peer"], row["vs_pyro_nf_eager"]
         peer = f"{row['fastest_peer']} eager"
-        lines.append(f"| {row['arch']} | {row['threads']} | {ms['pyro_nf compiled']:.2f} | {ms['pyro_nf eager']:.2f} | "
+        run = f"{row['run']} | " if runs else ""
+        lines.append(f"| {row['arch']} | {run}{row['threads']} | {ms['pyro_nf compiled']:.2f} | "
+                     f"{ms['pyro_nf eager']:.2f} | "
                      f"{row['fastest_peer']} ({ms[peer]:.2f}) | {r:.2f}x ({q1:.2f}-{q3:.2f}) | {e[0]:.2f}x | "
                      f"{row['gemm_ms_compiled']:.2f} ({100 * row['gemm_share_compiled']:.0f}% / "
                      f"{100 * row['gemm_share_fastest_peer']:.0f}%) | {row['compile_s']:.0f} |")

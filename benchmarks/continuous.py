@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
+from machine import cpu_name, load_average, package_version  # noqa: E402
 from torch import nn  # noqa: E402
 
 MODES = {
@@ -586,7 +587,7 @@ def main(argv=None) -> int:
     output = args.output or (None if args.smoke or investigating else os.path.join(HERE, "continuous.md"))
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    started, load_start = time.perf_counter(), _load()
+    started, load_start = time.perf_counter(), load_average()
 
     results = {}
     descriptions = {}
@@ -605,10 +606,10 @@ def main(argv=None) -> int:
     if output or args.json:
         given = sys.argv[1:] if argv is None else argv
         meta = dict(command=_shown_command(given), mode=mode, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                    elapsed=time.perf_counter() - started, cpu=_cpu(), cores=os.cpu_count(),
+                    elapsed=time.perf_counter() - started, cpu=cpu_name(), cores=os.cpu_count(),
                     threads=torch.get_num_threads(), python=platform.python_version(), torch=torch.__version__,
-                    load_start=load_start, load_end=_load(), note=args.note,
-                    versions={lib: _version(lib) for lib in ("pyro_nf", "zuko", "normflows", "torchdiffeq")})
+                    load_start=load_start, load_end=load_average(), note=args.note,
+                    versions={lib: package_version(lib) for lib in ("pyro_nf", "zuko", "normflows", "torchdiffeq")})
         if output:
             with open(output, "w") as f:
                 f.write(report(meta, cfg, results, text))
@@ -751,33 +752,6 @@ def _shown_command(arguments) -> str:
         elif not argument.startswith(("--output=", "--json=")):
             shown.append(shlex.quote(argument))
     return " ".join(["python benchmarks/continuous.py", *shown])
-
-
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(name: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 if __name__ == "__main__":

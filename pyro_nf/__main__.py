@@ -333,26 +333,25 @@ def _device(text: str) -> str:
     return text
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+def _in_unit_interval(closed: bool):
+    """An argparse type: a number in (0, 1] (``closed``) or in (0, 1)."""
+    interval = "(0, 1]" if closed else "(0, 1)"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not (0 < value <= 1 if closed else 0 < value < 1):
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
+        return value
+
+    parse.__name__ = "fraction"  # argparse names the type in its messages
+    return parse
 
 
-def _open_fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
-    return value
+_fraction = _in_unit_interval(closed=True)
+_open_fraction = _in_unit_interval(closed=False)
 
 
 def _count(text: str) -> int:

@@ -13,7 +13,8 @@ Bijections (``pyro_nf.transforms``), surjections (``pyro_nf.surjections``) and s
 ``(z, x, log-det)`` of the last pair it made through ``__call__`` or ``inv``. A record is used only for that
 very pair of tensor objects, and only while its guard holds: the same grad mode, the same train/eval modes,
 the same parameter and buffer *objects*, and the same *contents* of every parameter, buffer, ``z`` and
-``x``, compared element by element against copies taken when the record was made. Version counters are
+``x``, compared element by element against copies taken when the record was made (except the buffers a
+module lists in ``constant_buffers``: structure fixed at construction, such as MADE's masks). Version counters are
 consulted first, as a fast "changed" signal, never as the proof of "unchanged", so updates that do not
 move them (fused or foreach optimizers, ``.data`` edits, ``inference_mode``, numpy views) are seen too.
 Densities of data (``log_prob`` through :class:`~pyro_nf.distributions.FlowDistribution`) use no record
@@ -41,29 +42,38 @@ def _version(t: torch.Tensor) -> int:
 
 
 def module_state(module: torch.nn.Module) -> tuple[list, tuple]:
-    """The parameters and buffers of ``module`` and its submodules, and their train/eval flags, by a
-    direct walk (``Module.parameters()`` deduplicates through ``named_modules`` and costs several times
-    more)."""
+    """The parameters and buffers of ``module`` and its submodules (depth first, in registration order; not
+    the buffers a module's class lists in ``constant_buffers``), and their train/eval flags. A direct walk of
+    the modules' own dicts: ``Module.parameters()`` deduplicates through ``named_modules`` and costs several
+    times more, and this runs at every record and every read of one."""
     tensors: list = []
     modes: list = []
-    _walk(module, tensors, modes)
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        state = current.__dict__
+        modes.append(state["training"])
+        for tensor in state["_parameters"].values():
+            if tensor is not None:
+                tensors.append(tensor)
+        buffers = state["_buffers"]
+        if buffers:
+            constant = getattr(type(current), "constant_buffers", ())  # the class's: no Module.__getattr__ miss
+            for name, tensor in buffers.items():
+                if tensor is not None and name not in constant:
+                    tensors.append(tensor)
+        children = state["_modules"]
+        if children:
+            stack.extend(reversed([child for child in children.values() if child is not None]))
     return tensors, tuple(modes)
 
 
-def _walk(module, tensors, modes):
-    modes.append(module.training)
-    tensors.extend(t for t in module._parameters.values() if t is not None)
-    tensors.extend(t for t in module._buffers.values() if t is not None)
-    for child in module._modules.values():
-        if child is not None:
-            _walk(child, tensors, modes)
-
-
+@torch.no_grad()
 def _snapshot(tensors) -> dict:
     """Flat copies of ``tensors``, one concatenation per (dtype, device)."""
     groups: dict = {}
     for t in tensors:
-        groups.setdefault((t.dtype, t.device), []).append(t.detach().reshape(-1))
+        groups.setdefault((t.dtype, t.device), []).append(t.view(-1) if t.is_contiguous() else t.reshape(-1))
     return {key: torch.cat(flat) for key, flat in groups.items()}
 
 
@@ -160,8 +170,13 @@ class Recording:
 
     def _remember(self, z, x, ladj) -> None:
         if self._records and not torch.compiler.is_compiling():
-            # through __dict__: no nn.Module.__setattr__ on the call path
-            self.__dict__["_record"] = PairRecord.make(self, z, x, ladj)
+            # through __dict__: no nn.Module.__setattr__ on the call path. Without gradients a record saves only
+            # the inverse pass, not worth its guard's copies where that pass is cheap (see `cheap_inverse`)
+            keep = torch.is_grad_enabled() or not self._cheap_inverse()
+            self.__dict__["_record"] = PairRecord.make(self, z, x, ladj) if keep else None
+
+    def _cheap_inverse(self) -> bool:
+        raise NotImplementedError
 
     def clear_cache(self) -> None:
         """Forget the recorded pair (it also holds the autograd graph that made it)."""
@@ -287,6 +302,12 @@ class FlowTransform(Recording, TransformModule):
     codomain = constraints.real_vector
     bijective = True
     context_dim = 0  # layers whose conditioner takes a context set it; see :meth:`condition`
+    #: Whether the inverse costs about one forward pass and gives the same log-det as the forward pass:
+    #: then a pair made without gradients (``sample``) is not recorded, since reading it back would save
+    #: less than the record's guard costs. Layers with a D-pass or iterative inverse, a stochastic log-det or
+    #: batch statistics keep the default ``False``; with gradients every layer records (the record keeps
+    #: the sample's graph, which a reverse-KL loss reuses).
+    cheap_inverse = False
 
     def __init__(self, input_dim: int, cache_size: int = 1):
         super().__init__(cache_size=cache_size)
@@ -299,6 +320,9 @@ class FlowTransform(Recording, TransformModule):
     @property
     def _records(self) -> bool:
         return self._cache_size == 1
+
+    def _cheap_inverse(self) -> bool:
+        return self.cheap_inverse
 
     # ----------------------------------------------------------------- subclass hooks
     def _forward_with_ladj(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,6 +476,7 @@ class Conditioned(FlowTransform):
         # context is an input, not a state)
         self.register_buffer("context", context, persistent=False)
         self.bijective = layer.bijective
+        self.cheap_inverse = layer.cheap_inverse
         self.domain, self.codomain = layer.domain, layer.codomain
 
     @property

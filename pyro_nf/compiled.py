@@ -42,28 +42,36 @@ from __future__ import annotations
 import types
 
 import torch
+from pyro.distributions import ConditionalDistribution
 
 from .base import FlowTransform
 from .compose import ConditionalFlow, ConditionalFlowDistribution, Flow, transformed
 from .distributions import FlowDistribution
 
 
-def _nll(model, x):
-    return -model.log_prob(x).mean()
+# Each compiled function takes the model and a context (None for an unconditional flow): a conditional model is
+# conditioned inside the trace, so the conditioned layers, built anew at every call, are no guard of the graph.
+def _at(model, context):
+    return model if context is None else model.condition(context)
 
 
-def _log_prob(model, x):
-    return model.log_prob(x)
+def _nll(model, x, context):
+    return -_at(model, context).log_prob(x).mean()
 
 
-def _push(model, z):
+def _log_prob(model, x, context):
+    return _at(model, context).log_prob(x)
+
+
+def _push(model, z, context):
     # the walk of rsample_and_log_prob, from a given base draw
+    model = _at(model, context)
     x, ladj = model.transforms[0].forward_and_ladj(z)
     return x, model.base_dist.log_prob(z) - ladj
 
 
-def _reverse_kl(model, target, z):
-    x, log_q = _push(model, z)
+def _reverse_kl(model, target, z, context):
+    x, log_q = _push(model, z, context)
     return (log_q - target(x)).mean()
 
 
@@ -77,68 +85,96 @@ class CompiledFlow:
     r"""A flow distribution whose losses, density and sampling run through ``torch.compile``: made by
     :func:`compile`, sharing the model's parameters (train it with any optimizer over ``parameters()``).
 
-    ``model`` is the eager :class:`~pyro_nf.distributions.FlowDistribution`; each method is compiled on its own
-    the first time it is used again (see :mod:`pyro_nf.compiled`) with the keyword arguments given to
-    :func:`compile`.
+    ``model`` is the eager :class:`~pyro_nf.distributions.FlowDistribution`, or the
+    :class:`~pyro_nf.ConditionalFlowDistribution` of a conditional flow, whose every method then takes the
+    context, one row per batch element (``conditional`` says which); each method is compiled on its own the first
+    time it is used again (see :mod:`pyro_nf.compiled`) with the keyword arguments given to :func:`compile`.
     """
 
-    def __init__(self, model: FlowDistribution, **compile_kwargs):
+    def __init__(self, model: FlowDistribution | ConditionalFlowDistribution, **compile_kwargs):
         self.model = model
-        self.flow = model.transforms[0]
+        self.conditional = isinstance(model, ConditionalFlowDistribution)
+        self.flow = model.flow if self.conditional else model.transforms[0]
         self.compile_kwargs = dict(compile_kwargs)
         self._compiled: dict = {}
 
-    def _run(self, function, *args):
+    def _run(self, function, *args, context=None):
         compiled = self._compiled.get(function)
         if compiled is None:
             # eager first: lazy state (ActNorm's initialisation, cached constants) settles before any trace
             self._compiled[function] = torch.compile(_own_copy(function), **self.compile_kwargs)
-            return function(self.model, *args)
-        return compiled(self.model, *args)
+            return function(self.model, *args, context)
+        return compiled(self.model, *args, context)
+
+    def _context(self, caller: str, context):
+        if not self.conditional:
+            if context is not None:
+                raise ValueError(f"CompiledFlow.{caller}: context= was given but the flow is not conditional")
+            return None
+        if context is None:
+            raise ValueError(f"CompiledFlow.{caller}: the flow is conditional (context_dim={self.flow.context_dim}); "
+                             "pass context=, one row per batch element")
+        context = torch.as_tensor(context)
+        if context.dim() < 1 or context.shape[-1] != self.flow.context_dim:
+            raise ValueError(f"CompiledFlow.{caller}: expected a context of shape (..., {self.flow.context_dim}), "
+                             f"got {tuple(context.shape)}")
+        return context
 
     def parameters(self):
         """The flow's parameters (what an optimizer trains)."""
         return self.flow.parameters()
 
     # ----------------------------------------------------------------- losses
-    def nll_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """``-log_prob(x).mean()``: the maximum-likelihood loss of a batch, differentiable, one compiled graph."""
-        return self._run(_nll, x)
+    def nll_loss(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``-log_prob(x).mean()`` (``-log p(x | c)`` of a conditional flow, one context row per data row): the
+        maximum-likelihood loss of a batch, differentiable, one compiled graph."""
+        return self._run(_nll, x, context=self._context("nll_loss", context))
 
-    def reverse_kl_loss(self, target, num_samples: int) -> torch.Tensor:
+    def reverse_kl_loss(self, target, num_samples: int, context: torch.Tensor | None = None) -> torch.Tensor:
         r"""``mean(log q(x) - log p~(x))`` over ``num_samples`` reparameterised samples ``x ~ q`` of this model:
         the reverse-KL loss of a guide (``KL(q || p) - log Z``, ``p = p~ / Z``), differentiable, one compiled graph.
 
         ``target`` is an unnormalised log density: a callable ``x -> log p~(x)`` or a distribution (its
         ``log_prob``); it is traced into the same graph (keep passing the same object, or it compiles again).
+        For a conditional flow the samples have shape ``(num_samples, *context.shape[:-1], D)``: an amortised
+        guide, ``target`` scoring each sample against its context row.
         """
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"reverse_kl_loss: num_samples must be a positive int, got {num_samples!r}")
         log_target = getattr(target, "log_prob", target)
         if not callable(log_target):
             raise TypeError(f"reverse_kl_loss: target must be a callable or have log_prob, got {type(target).__name__}")
-        return self._run(_reverse_kl, log_target, self._base_draw((num_samples,)))
+        context = self._context("reverse_kl_loss", context)
+        return self._run(_reverse_kl, log_target, self._base_draw((num_samples,), context), context=context)
 
     # ----------------------------------------------------------------- the distribution's calls
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)``, compiled (a new tensor each call: no record is read)."""
-        return self._run(_log_prob, x)
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(x)`` (or ``log p(x | c)``), compiled (a new tensor each call: no record is read)."""
+        return self._run(_log_prob, x, context=self._context("log_prob", context))
 
-    def rsample_and_log_prob(self, sample_shape=()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised samples and their log density in one compiled walk (from an eager base draw)."""
-        return self._run(_push, self._base_draw(sample_shape))
+    def rsample_and_log_prob(self, sample_shape=(), context: torch.Tensor | None = None) \
+            -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised samples and their log density in one compiled walk (from an eager base draw); for a
+        conditional flow of shape ``sample_shape + context.shape[:-1]``, one draw per context row."""
+        context = self._context("rsample_and_log_prob", context)
+        return self._run(_push, self._base_draw(sample_shape, context), context=context)
 
-    def rsample(self, sample_shape=()) -> torch.Tensor:
+    def rsample(self, sample_shape=(), context: torch.Tensor | None = None) -> torch.Tensor:
         """Reparameterised samples (the compiled walk of :meth:`rsample_and_log_prob`)."""
-        return self.rsample_and_log_prob(sample_shape)[0]
+        return self.rsample_and_log_prob(sample_shape, context)[0]
 
-    def sample(self, sample_shape=()) -> torch.Tensor:
+    def sample(self, sample_shape=(), context: torch.Tensor | None = None) -> torch.Tensor:
         """Samples without gradients (compiled once more, for inference mode)."""
         with torch.no_grad():
-            return self.rsample_and_log_prob(sample_shape)[0]
+            return self.rsample_and_log_prob(sample_shape, context)[0]
 
-    def _base_draw(self, sample_shape) -> torch.Tensor:
-        return self.model.base_dist.rsample(torch.Size(sample_shape))
+    def _base_draw(self, sample_shape, context) -> torch.Tensor:
+        base = self.model.base_dist
+        if context is None:
+            return base.rsample(torch.Size(sample_shape))
+        if isinstance(base, ConditionalDistribution):  # the same draw as the eager condition(c).rsample
+            return self.model.condition(context).base_dist.rsample(torch.Size(sample_shape))
+        return base.rsample(torch.Size(sample_shape) + context.shape[:-1])
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.compile_kwargs.items())
@@ -157,8 +193,10 @@ def compile(model, **compile_kwargs) -> CompiledFlow:
     One graph, no graph break (the layers' checks and records are skipped while tracing), for realnvp, nice, glow,
     realnvp_abs, augmented_realnvp, maf, iaf, nsf_coupling, nsf_autoregressive, radial and planar (whose
     numerical inverse runs as a ``while_loop``). ffjord (adaptive ODE steps), residual (its fixed-point inverse) and
-    snf (Metropolis steps) break the graph at their data-dependent loops and run those parts eagerly. Conditional
-    flows are not supported yet.
+    snf (Metropolis steps) break the graph at their data-dependent loops and run those parts eagerly. A conditional
+    flow (a :class:`~pyro_nf.ConditionalFlow` or its ``nf.transformed``) compiles the same way, conditioned inside
+    the graph: every method takes ``context=``, e.g. ``fast.nll_loss(theta, context=x)`` for neural posterior
+    estimation.
 
     Example:
         >>> import torch, pyro_nf as nf
@@ -177,11 +215,10 @@ def compile(model, **compile_kwargs) -> CompiledFlow:
         >>> fast.rsample_and_log_prob((5,))[0].shape
         torch.Size([5, 2])
     """
-    if isinstance(model, (ConditionalFlow, ConditionalFlowDistribution)):
-        raise TypeError("compile: conditional flows are not supported yet; compile a loss of "
-                        "model.condition(context) with torch.compile instead")
-    if isinstance(model, (Flow, FlowTransform)):
+    if isinstance(model, (Flow, FlowTransform, ConditionalFlow)):
         model = transformed(model)
+    if isinstance(model, ConditionalFlowDistribution):
+        return CompiledFlow(model, **compile_kwargs)
     if not isinstance(model, FlowDistribution) or model._walker() is None:
         raise TypeError("compile: expected a pyro_nf flow distribution (nf.transformed(flow)), a Flow or a layer, "
                         f"got {type(model).__name__}")

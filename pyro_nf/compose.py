@@ -81,6 +81,11 @@ class Flow(Recording, ComposeTransformModule):
     def _records(self) -> bool:
         return self.__dict__.get("_flow_cache_size", 1) == 1
 
+    def _cheap_inverse(self) -> bool:
+        """Whether every part's inverse is cheap (see ``FlowTransform.cheap_inverse``): then a sample drawn
+        without gradients is not recorded."""
+        return all(isinstance(part, FlowTransform) and part._cheap_inverse() for part in self.parts)
+
     @property
     def domain(self):
         return constraints.independent(constraints.real, 1) if not self.parts else _vector(self.parts[0].domain)
@@ -227,16 +232,17 @@ class ConditionalFlowDistribution(ConditionalTransformedDistribution):
     ``condition(c)`` is a :class:`~pyro_nf.distributions.FlowDistribution` with the base expanded to the
     context's batch shape (a conditional base, a Pyro ``ConditionalDistribution``, is conditioned too)."""
 
-    def __init__(self, base_dist, flow: ConditionalFlow):
+    def __init__(self, base_dist, flow: ConditionalFlow, validate_args=None):
         super().__init__(base_dist, [flow])
         self.flow = flow
+        self.validate_args = validate_args  # for each conditioned distribution
 
     def condition(self, context: torch.Tensor) -> FlowDistribution:
         base = self.base_dist.condition(context)
         batch = context.shape[:-1]
         if base.batch_shape != batch:
             base = base.expand(torch.broadcast_shapes(base.batch_shape, batch))
-        return FlowDistribution(base, self.flow.condition(context))
+        return FlowDistribution(base, self.flow.condition(context), validate_args=self.validate_args)
 
 
 def _vector(constraint):
@@ -253,11 +259,17 @@ def _generic_inverse(part: Transform, x):
     return z, _sum_rightmost(part.log_abs_det_jacobian(z, x), 1 - part.domain.event_dim)
 
 
-def transformed(flow, base=None):
+def transformed(flow, base=None, *, validate_args=None):
     """``TransformedDistribution(base, flow)`` (a :class:`~pyro_nf.distributions.FlowDistribution`, whose
     input check is cheaper); the default base is a :class:`~pyro_nf.distributions.StandardNormal` of the
     flow's base size, on the device and dtype of the flow's parameters. For a :class:`ConditionalFlow` it is a
     :class:`ConditionalFlowDistribution` (``base`` may then be a Pyro ``ConditionalDistribution``).
+
+    ``validate_args`` (torch's meaning; ``None``: the global default, on unless ``pyro.enable_validation(False)``)
+    applies to the distribution and to its default base. Validation reads the values on the host, a device
+    synchronisation on a GPU; with ``validate_args=False`` (and Pyro's validation off, which the layers'
+    own input checks follow) ``log_prob``, ``rsample`` and their gradients read nothing back, except in the
+    layers documented as iterative (the planar inverse, the residual flow, the ODE solvers).
 
     Example:
         >>> import torch, pyro_nf as nf
@@ -283,12 +295,12 @@ def transformed(flow, base=None):
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, torch.get_default_dtype())
         size = flow.base_dim() if isinstance(flow, (Flow, ConditionalFlow)) else getattr(flow, "domain_dim",
                                                                                           flow.input_dim)
-        base = StandardNormal(size, device=device, dtype=dtype)
+        base = StandardNormal(size, device=device, dtype=dtype, validate_args=validate_args)
     if isinstance(flow, ConditionalFlow):
-        return ConditionalFlowDistribution(base, flow)
+        return ConditionalFlowDistribution(base, flow, validate_args=validate_args)
     if isinstance(base, ConditionalDistribution):
         raise TypeError("transformed: a conditional base needs a ConditionalFlow (build with context_dim=k)")
-    return FlowDistribution(base, flow)
+    return FlowDistribution(base, flow, validate_args=validate_args)
 
 
 @torch.no_grad()

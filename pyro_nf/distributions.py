@@ -8,6 +8,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from .base import Recording
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -98,9 +100,13 @@ class FlowDistribution(dist.TransformedDistribution):
         transform = self._walker()
         if transform is None:
             return super().log_prob(value)
-        if self._validate_args:
-            self._validate_sample(value)
-        z, ladj = transform.inverse_and_ladj(value)
+        record = transform._recall(x=value)
+        if record is not None:  # the flow's own sample, unchanged since: nothing to validate or invert
+            z, ladj = record.z, record.ladj
+        else:
+            if self._validate_args:
+                self._validate_sample(value)
+            z, ladj = transform._computed_inverse(value)
         return self.base_dist.log_prob(z) - ladj
 
     def rsample_and_log_prob(self, sample_shape=()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +132,7 @@ class FlowDistribution(dist.TransformedDistribution):
         if len(self.transforms) != 1 or len(self.base_dist.event_shape) != 1:
             return None
         transform = self.transforms[0]
-        return transform if hasattr(transform, "inverse_and_ladj") and hasattr(transform, "forward_and_ladj") \
-            else None
+        return transform if isinstance(transform, Recording) else None
 
     def _validate_sample(self, value: torch.Tensor) -> None:
         event = self.event_shape

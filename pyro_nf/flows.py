@@ -321,10 +321,11 @@ def _snf(dim, num_layers=4, hidden_dims=(64, 64), energy=None, kernel="metropoli
 @register("ffjord", "FFJORD: continuous normalizing flow, dz/dt = f(z, t) by an ODE solver, log-det the integrated "
                     "trace of df/dz (Chen et al., 2018; Grathwohl et al., 2019)")
 def _ffjord(dim, num_layers=1, hidden_dims=(64, 64), T=1.0, learn_T=True, solver="dopri5", atol=None, rtol=None,
-            trace="auto", adjoint=False, kinetic=0.0, jacobian=0.0, activation="tanh"):
+            trace="auto", adjoint=False, kinetic=0.0, jacobian=0.0, activation="tanh", zero_init=True):
     # one ODE block is already a free-form flow; stacking blocks (each with its own T) adds time-dependence
     return [ContinuousFlow(dim, hidden_dims, T=T, learn_T=learn_T, solver=solver, atol=atol, rtol=rtol, trace=trace,
-                           adjoint=adjoint, kinetic=kinetic, jacobian=jacobian, activation=activation)
+                           adjoint=adjoint, kinetic=kinetic, jacobian=jacobian, activation=activation,
+                           zero_init=zero_init)
             for _ in range(num_layers)]
 
 
@@ -332,9 +333,9 @@ def _ffjord(dim, num_layers=1, hidden_dims=(64, 64), T=1.0, learn_T=True, solver
                               "the topology of the data (Dupont et al., 2019)")
 def _augmented_ffjord(dim, num_layers=1, hidden_dims=(64, 64), augment_dim=2, learned=True, T=1.0, learn_T=True,
                       solver="dopri5", atol=None, rtol=None, trace="auto", adjoint=False, kinetic=0.0, jacobian=0.0,
-                      activation="tanh"):
+                      activation="tanh", zero_init=True):
     blocks = _ffjord(dim + augment_dim, num_layers, hidden_dims, T, learn_T, solver, atol, rtol, trace, adjoint,
-                     kinetic, jacobian, activation)
+                     kinetic, jacobian, activation, zero_init)
     return [*blocks, Augment(dim, augment_dim, learned=learned)]
 
 

@@ -8,15 +8,11 @@ the timings themselves. ``benchmarks/README.md`` is left untouched.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RUN = ROOT / "benchmarks" / "run.py"
-README = ROOT / "benchmarks" / "README.md"
+from benchmark_scripts import run_report, run_script
 
 HEADINGS = (
     "# Benchmarks: pyro_nf against",
@@ -36,23 +32,13 @@ def _finite(value) -> bool:
 
 
 def test_quick_report(tmp_path):
-    report, raw = tmp_path / "report.md", tmp_path / "raw.json"
-    before = README.read_bytes() if README.exists() else None
-    done = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--threads", "1", "--output", str(report), "--json", str(raw)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert (README.read_bytes() if README.exists() else None) == before, "the test run rewrote benchmarks/README.md"
-
-    text = report.read_text()
+    text, results = run_report("run.py", "README.md", tmp_path, "--quick", "--threads", "1", timeout=900)
     for heading in HEADINGS:
         assert heading in text, f"missing {heading!r} in the report"
     assert "The memory run failed" not in text
     for word in ("nan", "inf"):
         assert f" {word} " not in text.lower() and f"| {word}" not in text.lower()
 
-    results = json.loads(raw.read_text())
     # speed: pyro_nf's own time and every ratio are finite and positive
     speed = results["speed"]
     assert {row["op"] for row in speed} == {"log_prob", "train", "sample"}
@@ -76,9 +62,40 @@ def test_quick_report(tmp_path):
         if kind == "ok":
             assert _finite(value) and value >= 0
     # quality: finite held-out NLL and reverse KL wherever a fit ran; pyro_nf's always do
-    quality = results["quality"]
+    quality = results["quality_toy"] + results["quality_digits"] + results["quality_kl"]
     assert any(lib == "pyro_nf" and kind == "ok" for _group, _arch, lib, kind, _value in quality)
     for group, arch, lib, kind, value in quality:
         assert lib != "pyro_nf" or kind == "ok", (group, arch, kind, value)
         if kind == "ok":
             assert _finite(value)
+
+    _check_merge(results, tmp_path)
+
+
+def _check_merge(results: dict, tmp_path) -> None:
+    """``run.py --merge``: per cell the median of the runs, each run's median shown, ``~`` exactly where the
+    runs disagree about which side of 1 the cell is on (or its range holds 1), memory and quality medians."""
+    first, second = copy.deepcopy(results), copy.deepcopy(results)
+    rows = [i for i, row in enumerate(results["speed"]) if row["cells"]["pyro"][0] == "ratio"]
+    split, clear = rows[0], rows[1]
+    first["speed"][split]["cells"]["pyro"][1] = [0.8, 0.7, 0.9]
+    second["speed"][split]["cells"]["pyro"][1] = [1.2, 1.1, 1.3]
+    first["speed"][clear]["cells"]["pyro"][1] = [0.5, 0.45, 0.55]
+    second["speed"][clear]["cells"]["pyro"][1] = [0.6, 0.55, 0.65]
+    memory = next(i for i, row in enumerate(results["memory"]) if row[3] == "ok")
+    first["memory"][memory][4], second["memory"][memory][4] = 10.0, 20.0
+    paths = []
+    for i, run in enumerate((first, second)):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(run))
+    merged = tmp_path / "merged.md"
+    run_script("run.py", "--merge", *map(str, paths), "--output", str(merged), timeout=120)
+    text = merged.read_text()
+    assert "from 2 runs (medians)" in text and "**Two runs.**" in text
+    assert "| 1.00 ~ (0.80 / 1.20; 0.70-1.30) |" in text
+    assert "| 0.55 (0.50 / 0.60; 0.45-0.65) |" in text
+    _lib, arch, dim = results["memory"][memory][:3]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {arch}") and f"| {dim} | 15.0 |" in line)
+    assert row
+    for heading in HEADINGS:
+        assert heading in text, f"missing {heading!r} in the merged report"

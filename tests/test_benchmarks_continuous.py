@@ -5,16 +5,10 @@ It says nothing about the timings or NLLs themselves."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "continuous.py"
-REPORT = ROOT / "benchmarks" / "continuous.md"
+from benchmark_scripts import run_report, run_script
 
 MODELS = ("pyro_nf ffjord", "zuko CNF", "pyro_nf residual", "normflows Residual", "normflows Residual (exact)",
           "pyro_nf nsf_coupling", "pyro_nf realnvp")
@@ -34,14 +28,7 @@ def _section(text: str, heading: str) -> str:
 
 
 def test_smoke_run(tmp_path):
-    report, raw = tmp_path / "report.md", tmp_path / "raw.json"
-    before = REPORT.read_bytes() if REPORT.exists() else None
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output", str(report), "--json", str(raw)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert (REPORT.read_bytes() if REPORT.exists() else None) == before, "the smoke run rewrote continuous.md"
-
-    text = report.read_text()
+    text, saved = run_report("continuous.py", "continuous.md", tmp_path, "--smoke")
     for heading in TABLES:
         assert heading in text, f"missing {heading!r}"
     # every model has a row with a finite number in the NLL and timing tables, and no failure
@@ -58,7 +45,7 @@ def test_smoke_run(tmp_path):
         assert any(line.startswith(f"| {label} | 8gaussians | ") for line in nfe.splitlines()), nfe
     assert "every model on every data set" in text
 
-    results = json.loads(raw.read_text())["results"]
+    results = saved["results"]
     rows = results["8gaussians"]
     assert set(MODELS) <= set(rows)
     for label in MODELS:
@@ -74,7 +61,5 @@ def test_smoke_run(tmp_path):
 
     # the report re-rendered from the saved results (no training) is the same text
     again = tmp_path / "again.md"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--report-from", str(raw), "--output", str(again)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_script("continuous.py", "--report-from", str(tmp_path / "raw.json"), "--output", str(again), timeout=120)
     assert again.read_text() == text

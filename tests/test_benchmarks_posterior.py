@@ -5,15 +5,9 @@ themselves. ``benchmarks/posterior.md`` is left untouched."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "posterior.py"
-REPORT = ROOT / "benchmarks" / "posterior.md"
+from benchmark_scripts import run_report
 
 
 def _finite(value) -> bool:
@@ -21,14 +15,7 @@ def _finite(value) -> bool:
 
 
 def test_smoke_report(tmp_path):
-    report, raw = tmp_path / "report.md", tmp_path / "raw.json"
-    before = REPORT.read_bytes() if REPORT.exists() else None
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output", str(report), "--json", str(raw)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert (REPORT.read_bytes() if REPORT.exists() else None) == before, "the smoke run rewrote posterior.md"
-
-    text = report.read_text()
+    text, results = run_report("posterior.py", "posterior.md", tmp_path, "--smoke")
     for heading in ("# Neural posterior estimation", "## Setup", "## two_moons", "## gaussian_linear",
                     "| model | parameters | ms / step (wall)", "Per observation"):
         assert heading in text, f"missing {heading!r} in the report"
@@ -36,7 +23,6 @@ def test_smoke_report(tmp_path):
     for word in ("nan", "inf"):
         assert f" {word} " not in lowered and f"| {word}" not in lowered and f"-{word}" not in lowered
 
-    results = json.loads(raw.read_text())
     assert results["mode"] == "smoke"
     assert [t["task"] for t in results["tasks"]] == ["two_moons", "gaussian_linear"]
     for task in results["tasks"]:

@@ -184,6 +184,35 @@ def test_log_prob_of_own_sample_runs_no_inverse(name):
     assert all(p.grad is not None for p in flow.parameters())
 
 
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_a_sample_without_gradients_is_recorded_exactly_where_that_pays(case_id):
+    """``sample()`` (no gradients) records its pair only where an inverse would cost more than a pass or give
+    another value (``cheap_inverse`` false somewhere in the flow); where it does not record, ``log_prob`` of the
+    sample computes the inverse and equals what the record would have said (the log-det of the pair)."""
+    case = CASES[case_id]
+    dim = max(3, case.min_dim)
+    flow = make(case_id, dim, dtype=torch.float64).eval()
+    if nf.flows.is_positive(parts(flow)[0].domain):
+        pytest.skip("needs a positive base")
+    model = nf.transformed(flow)
+    cheap = all(part.cheap_inverse for part in parts(flow))
+    assert cheap == flow._cheap_inverse()
+    if any(not part.bijective for part in parts(flow)) or any(isinstance(part, nf.transforms.Planar)
+                                                              for part in parts(flow)):
+        assert not cheap  # a random path or a Newton inverse: the record is needed or pays
+    torch.manual_seed(5)
+    with torch.no_grad():
+        s = model.sample((16,))
+    assert (flow.__dict__.get("_record") is None) == cheap
+    calls = _count_inverses(flow)
+    with torch.no_grad():
+        computed = model.log_prob(s)
+    assert (len(calls) > 0) == cheap
+    torch.manual_seed(5)
+    recorded = model.log_prob(model.rsample((16,)))  # with gradients: always from the record
+    torch.testing.assert_close(computed, recorded.detach(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("case_id", [i for i in sorted(CASES) if CASES[i].kind != "bijection"])
 def test_own_sample_of_a_random_layer_scores_the_path_that_made_it(case_id):
     flow = make(case_id, max(3, CASES[case_id].min_dim)).eval()

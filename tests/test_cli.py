@@ -156,7 +156,7 @@ def test_other_file_types_are_read(tmp_path, suffix):
     (["fit", "--out", "/no/such/folder/fit.png"], "does not exist"),
     (["fit", "--context-columns", "1"], "a toy set has no context columns"),
     (["fit", "--context-columns", "a"], "column indices"),
-    (["fit", "--validation", "1"], "expected a fraction in (0, 1)"),
+    (["fit", "--validation", "1"], "expected a number in (0, 1)"),
     (["fit", "--validation", "0.5", "--test", "0.5"], "leave no training points"),
     (["fit", "--patience", "0"], "expected a positive int"),
 ])

@@ -29,6 +29,21 @@ def test_starts_at_the_identity():
     assert torch.equal(x, z) and torch.equal(ladj, torch.zeros(10))
 
 
+def test_random_start_is_a_valid_flow_off_the_identity():
+    """``zero_init=False`` (also through ``nf.build``): the field starts random, the layer is not the identity,
+    and its round trip and log-det (against autograd's Jacobian) hold from the first call."""
+    torch.manual_seed(1)
+    flow = nf.build("ffjord", 2, hidden_dims=(16,), zero_init=False).double().eval()
+    z = torch.randn(6, 2, dtype=torch.float64)
+    x, ladj = flow.forward_and_ladj(z)
+    assert (x - z).abs().max() > 1e-3
+    torch.testing.assert_close(flow.inv(x), z, rtol=1e-6, atol=1e-6)
+    jacobians = torch.stack([torch.autograd.functional.jacobian(flow, row.unsqueeze(0)).squeeze() for row in z])
+    torch.testing.assert_close(ladj, torch.linalg.slogdet(jacobians).logabsdet, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="ContinuousFlow: zero_init must be a bool"):
+        ContinuousFlow(2, zero_init=1)
+
+
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_is_unbiased_for_the_exact_log_det(probe):
     """The mean of many Hutchinson estimates (one probe per copy of the same point, fixed along each

@@ -7,6 +7,7 @@ import torch
 
 import pyro_nf as nf
 from pyro_nf.distributions import StandardNormal
+from pyro_nf.transforms.normalization import ActNorm
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -103,12 +104,12 @@ def test_flow_distribution_walks_each_layer_once_and_agrees_with_torch(name):
 @pytest.mark.parametrize("name", ["realnvp", "glow", "maf", "iaf", "nsf_coupling", "nsf_autoregressive"])
 def test_hot_paths_make_no_host_device_synchronisation(name):
     """log_prob of data, its backward and Adam's step, rsample, and rsample_and_log_prob never wait for the
-    GPU (torch's sync debug mode raises on a synchronisation). Argument validation is off: its finiteness
-    check is one read of a sum; ActNorm's first call initialises it and is made before."""
+    GPU (torch's sync debug mode raises on a synchronisation). Validation is off (the distribution's, its base's
+    and Pyro's): its finiteness check is one read of a sum; ActNorm's first call initialises it and is made
+    before. The CPU test below checks the same on the meta device."""
     torch.manual_seed(0)
     flow = nf.build(name, 4, num_layers=2, hidden_dims=(16,)).cuda()
-    model = nf.transformed(flow)
-    model._validate_args = False
+    model = nf.transformed(flow, validate_args=False)
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
     x = torch.randn(256, 4, device="cuda")
     model.log_prob(x).sum().backward()  # warm-up: ActNorm's data-dependent initialisation
@@ -116,10 +117,75 @@ def test_hot_paths_make_no_host_device_synchronisation(name):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = -model.log_prob(x.clone()).mean()
-        loss.backward()
-        optimizer.step()
-        model.rsample((64,))
-        model.rsample_and_log_prob((64,))
+        with pyro.validation_enabled(False):
+            loss = -model.log_prob(x.clone()).mean()
+            loss.backward()
+            optimizer.step()
+            model.rsample((64,))
+            model.rsample_and_log_prob((64,))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+# The documented host reads with validation off: iterations that stop when they converge. Every other
+# (architecture, operation) pair must run on the meta device.
+HOST_READS = {
+    ("planar", "log_prob"): "the Newton inverse stops at convergence",
+    ("residual", "log_prob"): "the spectral norm's power iteration stops at convergence",
+    ("residual", "rsample"): "the fixed-point inverse stops at convergence",
+    ("residual", "rsample_and_log_prob"): "the fixed-point inverse stops at convergence",
+    **{(name, op): "the adaptive ODE solver chooses its steps from the error estimate"
+       for name in ("ffjord", "augmented_ffjord") for op in ("log_prob", "rsample", "rsample_and_log_prob")},
+}
+OPERATIONS = ("log_prob", "rsample", "rsample_and_log_prob")
+
+
+@pytest.mark.parametrize("op", OPERATIONS)
+@pytest.mark.parametrize("name", nf.names())
+def test_hot_paths_read_no_value_on_the_host(name, op, monkeypatch):
+    """What the CUDA test above checks, on any machine, for every registered architecture: on the meta device
+    a tensor has a shape and no values, so any host read (``.item()``, ``bool()``, ``.tolist()``: a device sync
+    on a GPU) raises, and so does mixing in a tensor a layer made on the CPU. With validation off,
+    ``log_prob`` and its backward, ``rsample``, ``rsample_and_log_prob`` and its backward, and Adam's step run
+    there, except for the documented iterative layers, which must still fail (so the list stays exact)."""
+    torch.manual_seed(0)
+    flow = nf.build(name, 4)
+    nf.transformed(flow).log_prob(torch.randn(64, 4))  # ActNorm's data-dependent initialisation, on the CPU
+    flow.to("meta")
+    # ActNorm reads its `initialized` buffer once after a move (the buffer may have been replaced)
+    monkeypatch.setattr(ActNorm, "_is_initialized", lambda self: True)
+
+    def run():
+        with pyro.validation_enabled(False):
+            model = nf.transformed(flow, validate_args=False)
+            optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+            if op == "log_prob":
+                outputs = [model.log_prob(torch.empty(64, 4, device="meta"))]
+            elif op == "rsample":
+                outputs = [model.rsample((8,))]
+            else:
+                outputs = list(model.rsample_and_log_prob((8,)))
+            assert all(out.device.type == "meta" for out in outputs)
+            if any(out.requires_grad for out in outputs):
+                sum(out.sum() for out in outputs).backward()
+                optimizer.step()
+
+    if (name, op) in HOST_READS:
+        with pytest.raises(RuntimeError, match="meta tensors"):
+            run()
+    else:
+        run()
+
+
+@pytest.mark.parametrize("name", ["realnvp", "maf", "nsf_coupling"])
+def test_conditional_hot_paths_read_no_value_on_the_host(name):
+    """The same for conditional flows: ``condition(c).log_prob`` and ``rsample`` on the meta device."""
+    torch.manual_seed(0)
+    flow = nf.build(name, 3, context_dim=2).to("meta")
+    context = torch.empty(16, 2, device="meta")
+    with pyro.validation_enabled(False):
+        model = nf.transformed(flow, validate_args=False).condition(context)
+        log_p = model.log_prob(torch.empty(16, 3, device="meta"))
+        log_p.sum().backward()
+        sample = model.rsample()
+    assert log_p.device.type == sample.device.type == "meta" and sample.shape == (16, 3)

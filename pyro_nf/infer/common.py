@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import TransformedDistribution
 
+from .. import distributed as multiprocess
 from ..compose import ConditionalFlow, ConditionalFlowDistribution
 from ..flows import transformed
 
@@ -201,6 +202,24 @@ def _snapshot(modules: torch.nn.Module) -> dict:
 
 def _suggest(lr: float) -> str:
     return f"try a smaller lr (now {lr:g}; e.g. {lr / 10:g})"
+
+
+def _read_step(fit: str, loss: torch.Tensor, norm: torch.Tensor, *, world: int, step: int, lr: float, rate: float,
+               kept: str = "") -> float:
+    """A training step's one host sync: the loss and the gradient norm read together, before the update, and
+    :class:`FitDivergedError` if either is not finite. With ``world > 1`` processes both are averaged over the
+    processes first (the norm is already the same on each after DDP's gradient average), so every process
+    raises or goes on alike. Returns the (averaged) loss."""
+    checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
+    if world > 1:
+        checked = multiprocess.all_reduce_sum(checked) / world
+    loss_value, norm_value = checked.tolist()
+    for quantity, value in (("loss", loss_value), ("gradient norm", norm_value)):
+        if not math.isfinite(value):
+            raise FitDivergedError(
+                f"{fit}: the {quantity} became {value} at step {step} (lr {lr:g}, this step's rate {rate:.3g}); "
+                f"{_suggest(lr)}{kept}", step=step, lr=lr, rate=rate, quantity=quantity, value=value)
+    return loss_value
 
 
 def _check_clip(owner: str, clip_grad) -> None:

@@ -21,6 +21,7 @@ from .common import (
     _modules,
     _params_finite,
     _penalty,
+    _read_step,
     _reference,
     _seeded,
     _snapshot,
@@ -267,18 +268,8 @@ def _density_loop(distribution, modules, train, val, *, steps, batch_size, lr, w
                 loss = -_log_prob(distribution, train[rows], None if train_c is None else train_c[rows]).mean()
             optimizer.zero_grad(set_to_none=True)
             (loss if penalty is None else loss + penalty()).backward()  # the history keeps the NLL alone
-            norm = _grad_norm(params, clip_grad)
-            checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
-            if ddp is not None:  # every process decides on the global values
-                checked = multiprocess.all_reduce_sum(checked) / world
-            # the step's one host sync: loss and gradient norm together, checked before the update
-            loss_value, norm_value = checked.tolist()
-            for quantity, value in (("loss", loss_value), ("gradient norm", norm_value)):
-                if not math.isfinite(value):
-                    raise FitDivergedError(
-                        f"fit_density: the {quantity} became {value} at step {step} (lr {lr:g}, this step's rate "
-                        f"{optimizer.param_groups[0]['lr']:.3g}); {_suggest(lr)}",
-                        step=step, lr=lr, rate=optimizer.param_groups[0]["lr"], quantity=quantity, value=value)
+            loss_value = _read_step("fit_density", loss, _grad_norm(params, clip_grad), world=world, step=step,
+                                    lr=lr, rate=optimizer.param_groups[0]["lr"])
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from .. import distributed as multiprocess
 from .common import (
-    FitDivergedError,
     History,
     _as_distribution,
     _check_clip,
@@ -24,9 +23,9 @@ from .common import (
     _grad_norm,
     _modules,
     _penalty,
+    _read_step,
     _reference,
     _seeded,
-    _suggest,
     eval_mode,
 )
 
@@ -236,18 +235,8 @@ def fit_target(
                 optimizer.zero_grad(set_to_none=True)
                 # under DDP: the gradients averaged over the processes; the history keeps the ELBO term alone
                 (loss if penalty is None else loss + penalty()).backward()
-                norm = _grad_norm(params, clip_grad)
-                checked = torch.stack([loss.detach(), norm.to(loss.dtype)])
-                if world > 1:  # every process decides on the global loss
-                    checked = torch.stack([multiprocess.all_reduce_sum(checked[:1])[0] / world, checked[1]])
-                # the step's one host sync: loss and gradient norm together, checked before the update
-                loss_value, norm_value = checked.tolist()
-                for quantity, value in (("loss", loss_value), ("gradient norm", norm_value)):
-                    if not math.isfinite(value):
-                        raise FitDivergedError(
-                            f"fit_target: the {quantity} became {value} at step {t + 1} (lr {lr:g}, this step's "
-                            f"rate {rate:.3g}); {_suggest(lr)}; the flow keeps its parameters from before that step",
-                            step=t + 1, lr=lr, rate=rate, quantity=quantity, value=value)
+                loss_value = _read_step("fit_target", loss, _grad_norm(params, clip_grad), world=world, step=t + 1,
+                                        lr=lr, rate=rate, kept="; the flow keeps its parameters from before that step")
                 optimizer.step()
                 history.steps.append(t + 1)
                 history.loss.append(loss_value)

@@ -26,6 +26,8 @@ def check_order(order, input_dim: int, owner: str) -> torch.Tensor:
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
 
+    constant_buffers = frozenset({"mask"})  # fixed at construction: the records' guard does not copy it
+
     def __init__(self, mask: torch.Tensor, bias: bool = True):
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
@@ -51,6 +53,8 @@ class MADE(nn.Module):
     degree ``<= m``; an output of
     coordinate ``i`` sees hidden units of degree ``< rank(i) + 1``.
     """
+
+    constant_buffers = frozenset({"order", "input_degree"})  # the masks are built from them, once
 
     def __init__(
         self,

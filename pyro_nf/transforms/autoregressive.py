@@ -38,6 +38,10 @@ class Autoregressive(FlowTransform):
     and ``order`` when not given). With ``context_dim > 0`` the MADE also sees a context, given by
     :meth:`~pyro_nf.base.FlowTransform.condition`."""
 
+    @property
+    def cheap_inverse(self) -> bool:  # see FlowTransform.cheap_inverse: MAF's inverse is its one-pass direction
+        return self.direction == "maf"
+
     def __init__(
         self,
         input_dim: int,

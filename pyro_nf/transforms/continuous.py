@@ -179,6 +179,10 @@ class ContinuousFlow(FlowTransform):
         activation: the field's activation (a smooth one: ``"tanh"``, ``"elu"``, ``"silu"``, ``"gelu"``).
         step_size: the step of a fixed-step ``solver`` (in units of ``T``).
         max_num_steps: the most steps an adaptive solve may take before it fails with an error.
+        zero_init: start the field's last layer at zero (default: the layer starts as the identity) or at
+            random like its other layers (zuko's CNF starts so). Measured (``benchmarks/continuous.md``, 400
+            steps): a random start avoids a stall on spirals (held-out NLL 3.403 against 3.461) and costs 0.08
+            nats on checkerboard.
 
     After each solve: :attr:`last_nfe` (evaluations of the field in that solve), :attr:`last_backward_nfe`
     (those of its adjoint solve, once ``backward`` ran), :attr:`kinetic_energy` and
@@ -198,7 +202,7 @@ class ContinuousFlow(FlowTransform):
                  solver: str = "dopri5", atol: float | None = None, rtol: float | None = None,
                  trace: str = "auto", probe: str = "rademacher", adjoint: bool = False, kinetic: float = 0.0,
                  jacobian: float = 0.0, activation="tanh", step_size: float = 0.05, max_num_steps: int = 10_000,
-                 cache_size: int = 1):
+                 zero_init: bool = True, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         name = type(self).__name__
         hidden_dims = check_hidden_dims(hidden_dims, name)
@@ -222,7 +226,10 @@ class ContinuousFlow(FlowTransform):
         if not isinstance(max_num_steps, int) or max_num_steps < 1:
             raise ValueError(f"{name}: max_num_steps must be a positive int, got {max_num_steps!r}")
         self.hidden_dims = hidden_dims
-        self.field = MLP(input_dim, input_dim, hidden_dims, context_features=1, activation=activation)
+        if not isinstance(zero_init, bool):
+            raise TypeError(f"{name}: zero_init must be a bool, got {zero_init!r}")
+        self.field = MLP(input_dim, input_dim, hidden_dims, context_features=1, activation=activation,
+                         zero_init=zero_init)
         raw = torch.tensor(T + math.log(-math.expm1(-T)))  # softplus^{-1}(T)
         if learn_T:
             self.raw_T = nn.Parameter(raw)

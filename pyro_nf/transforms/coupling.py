@@ -32,6 +32,9 @@ class Coupling(FlowTransform):
     given by :meth:`~pyro_nf.base.FlowTransform.condition` (a custom conditioner then takes ``(x_A, c)``).
     """
 
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
+    constant_buffers = frozenset({"identity_index", "transformed_index", "merge_index"})  # from the mask, once
+
     def __init__(
         self,
         mask,

@@ -28,6 +28,8 @@ class LeakyReLU(FlowTransform):
               \log|\det J| = \log a\cdot\#\{i: x_i<0\}.
     """
 
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
+
     def __init__(self, input_dim: int, negative_slope: float = 0.5, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         if not (isinstance(negative_slope, (int, float)) and negative_slope > 0 and math.isfinite(negative_slope)):
@@ -55,6 +57,8 @@ class PReLU(FlowTransform):
     (seed 003's PReLU bijector, made learnable). Same formulas as :class:`LeakyReLU`.
     """
 
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
+
     def __init__(self, input_dim: int, init_slope: float = 0.5, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         if not (isinstance(init_slope, (int, float)) and init_slope > 0 and math.isfinite(init_slope)):
@@ -81,6 +85,8 @@ class Softplus(FlowTransform):
     .. math:: y = \log(1 + e^{x}),\qquad x = y + \log(1 - e^{-y}),\qquad
               \log|\det J| = \textstyle\sum_i \log\sigma(x_i).
     """
+
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
 
     codomain = constraints.independent(constraints.positive, 1)
 

@@ -24,6 +24,8 @@ class AffineConstant(FlowTransform):
     Starts as the identity (``s = t = 0``).
     """
 
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
+
     def __init__(self, input_dim: int, scale: bool = True, shift: bool = True, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         if not (scale or shift):
@@ -64,6 +66,8 @@ class InvertibleLinear(FlowTransform):
     rounding. ``init="orthogonal"`` (default) starts from a random rotation, as Glow does;
     ``init="identity"`` from ``W = I``.
     """
+
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
 
     def __init__(self, input_dim: int, init: str = "orthogonal", cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
@@ -114,6 +118,8 @@ class Permutation(FlowTransform):
     Pyro's ``Permute``, the permutation is a buffer, so it follows ``.to(device)`` and
     ``state_dict``.
     """
+
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
 
     def __init__(self, input_dim: int, permutation=None, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)

@@ -156,6 +156,10 @@ class BatchNorm(FlowTransform):
     with non-finite values.
     """
 
+    @property
+    def cheap_inverse(self) -> bool:  # see FlowTransform.cheap_inverse: in training the directions differ
+        return not self.training
+
     def __init__(self, input_dim: int, momentum: float = 0.1, eps: float = 1e-5, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         if not 0.0 < momentum <= 1.0:

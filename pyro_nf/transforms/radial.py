@@ -53,6 +53,8 @@ class Radial(FlowTransform):
     rounding (``beta h = 0``). Input with a NaN or an infinity raises ``ValueError`` in both directions.
     """
 
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
+
     def __init__(self, input_dim: int, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         bound = 1.0 / math.sqrt(input_dim)

@@ -132,6 +132,8 @@ class Spline(FlowTransform):
     coordinate, no conditioner); identity outside ``[-bound, bound]``. See
     :class:`RationalQuadraticSpline` for the formulas. Starts as the identity."""
 
+    cheap_inverse = True  # see FlowTransform.cheap_inverse
+
     def __init__(self, input_dim: int, count_bins: int = 8, bound: float = 3.0, cache_size: int = 1):
         super().__init__(input_dim, cache_size=cache_size)
         self.transformer = RationalQuadraticSpline(count_bins, bound)
