@@ -245,7 +245,7 @@ def merge(runs: list[dict]) -> dict:
     first = runs[0]
     out: dict = {"meta": dict(first["meta"])}
     out["meta"].update(
-        runs=len(runs), date=" and ".join(run["meta"]["date"] for run in runs),
+        runs=len(runs), measured_by=first["meta"]["command"], date=" and ".join(run["meta"]["date"] for run in runs),
         elapsed=sum(run["meta"]["elapsed"] for run in runs),
         load="; ".join(f"run {i}: {run['meta']['load_start']} / {run['meta']['load_end']}"
                        for i, run in enumerate(runs, 1)),

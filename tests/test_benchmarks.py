@@ -91,7 +91,7 @@ def _check_merge(results: dict, tmp_path) -> None:
     merged = tmp_path / "merged.md"
     run_script("run.py", "--merge", *map(str, paths), "--output", str(merged), timeout=120)
     text = merged.read_text()
-    assert "from 2 runs (medians)" in text and "**Two runs.**" in text
+    assert "Generated from 2 runs of" in text and "**Two runs.**" in text
     assert "| 1.00 ~ (0.80 / 1.20; 0.70-1.30) |" in text
     assert "| 0.55 (0.50 / 0.60; 0.45-0.65) |" in text
     _lib, arch, dim = results["memory"][memory][:3]
