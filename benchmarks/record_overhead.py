@@ -1,5 +1,6 @@
 """What the record contract costs: a maximum-likelihood step and an SVI-style step (rsample, log_prob of
-that sample, backward, Adam) on one CPU thread, best of 7 rounds of 10 steps, in milliseconds.
+that sample through its record, backward, Adam), beside the same step through the one-walk
+``rsample_and_log_prob`` (no record), on one CPU thread, best of 7 rounds of 10 steps, in milliseconds.
 
     python benchmarks/record_overhead.py                 # this checkout
     python benchmarks/record_overhead.py /path/to/other  # another checkout of pyro_nf, for a comparison
@@ -57,11 +58,19 @@ def main() -> None:
             loss.backward()
             optimizer.step()
 
+        def vi_step_one_walk(model=model, batch=batch, optimizer=optimizer):
+            _, log_q = model.rsample_and_log_prob((batch,))
+            loss = log_q.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
         results[f"{name} D={dim} batch={batch} fit"] = best_ms(fit_step)
         if name != "maf":  # MAF samples in D passes: not a guide
             results[f"{name} D={dim} batch={batch} vi"] = best_ms(vi_step)
+            results[f"{name} D={dim} batch={batch} vi, one walk"] = best_ms(vi_step_one_walk)
     for label, ms in results.items():
-        print(f"{label:32s} {ms:7.2f} ms")
+        print(f"{label:40s} {ms:7.2f} ms")
 
 
 if __name__ == "__main__":
