@@ -222,6 +222,29 @@ def train_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def profile_step(arch: str, dim: int = 64, batch: int = 1024, steps: int = 20, top: int = 12, fused: bool = True):
+    """Where the compiled training step of ``arch`` spends its time: the ``top`` operations by self CPU time,
+    in ms per step (``torch.profiler``), after the compilation."""
+    import adapters
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyro_nf.compiled import compile as nf_compile
+
+    torch.manual_seed(1)
+    x = torch.randn(batch, dim)
+    model = adapters.build("pyro_nf", arch, dim)
+    step = _train_step(model.module, nf_compile(model.module).nll_loss, x, fused)
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    print(f"compiled {arch} D={dim} batch {batch}: ms per step (self CPU time), calls per step")
+    for event in events:
+        print(f"  {event.key[:64]:66s} {event.self_cpu_time_total / steps / 1e3:7.3f} {event.count // steps:5d}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="The compiled training step against eager pyro_nf and the peers.")
     parser.add_argument("--archs", default=",".join(TRAIN_ARCHS), help="default: %(default)s")
@@ -231,8 +254,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=9, help="default: %(default)s")
     parser.add_argument("--adam", choices=("fused", "plain"), default="fused", help="default: %(default)s")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: where each compiled step spends its time (torch.profiler)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        for arch in args.archs.split(","):
+            profile_step(arch, args.dim, args.batch, fused=args.adam == "fused")
+        return
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {load:.2f}")
     rows = train_run(args.archs.split(","), args.dim, args.batch, args.repeats, fused=args.adam == "fused")
