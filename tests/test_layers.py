@@ -102,6 +102,28 @@ def test_soft_clamp_is_accurate_in_float32(bound):
     assert ((got - exact).abs() / exact.abs().clamp(min=1.0)).max() < 4e-7
 
 
+@pytest.mark.parametrize("dim", [2, 8, 16, 31, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_rows_copies_exactly_the_short_strided_rows(dim, dtype):
+    """A strided block is made contiguous on the CPU when its rows are under 128 bytes, else passed through; the
+    affine transformer's results are identical either way."""
+    params = torch.randn(64, 2, dim, dtype=dtype)
+    block = params.unbind(-2)[1]
+    dense = nf.nn.functional.dense_rows(block)
+    short = dim * params.element_size() < 128
+    assert (dense is not block) == short and (not short or dense.is_contiguous())
+    assert torch.equal(dense, block)
+    contiguous = params.unbind(-2)[1].contiguous()
+    assert nf.nn.functional.dense_rows(contiguous) is contiguous
+    x = torch.randn(64, dim, dtype=dtype)
+    layer = Affine(dim)
+    y, log_scale = layer(x, params)
+    reference = nf.nn.soft_clamp(params[:, 1].clone(), layer.scale_bound)
+    eps = torch.finfo(dtype).eps  # vectorised and scalar loops may round a transcendental differently
+    torch.testing.assert_close(log_scale, reference, rtol=4 * eps, atol=4 * eps)
+    torch.testing.assert_close(y, x * reference.exp() + params[:, 0], rtol=1e-6, atol=1e-6)
+
+
 def test_custom_conditioner_is_used():
     conditioner = torch.nn.Linear(1, 2)
     layer = Coupling([False, True], Affine(1), conditioner=conditioner)

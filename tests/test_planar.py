@@ -272,6 +272,24 @@ def test_planar_u_hat_keeps_it_invertible():
     torch.testing.assert_close(layer(z.clone()), x, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("wu", [-4.0, -0.3, 0.0, 0.2, 5.0])
+def test_slope_forms_agree_whatever_decides_the_sign_of_c(wu):
+    """The forward log-det picks the slope's form by the sign of ``c`` read on a CPU, and blends both forms
+    where it stays a tensor (other devices, tracing): the same values, and the same gradients."""
+    layer = Planar(3).double()
+    with torch.no_grad():
+        layer.u.copy_(layer.w * wu / (layer.w @ layer.w))
+    z = torch.randn(50, 3, dtype=torch.float64)
+    _, ladj = layer._forward_with_ladj(z)
+    (grad,) = torch.autograd.grad(ladj.sum(), layer.u)
+    u_hat, c, one_plus_c = layer._coefficients()
+    s = z @ layer.w + layer.bias
+    blended = torch.log(layer._slope(s, torch.tanh(s), c, one_plus_c, None))
+    (blended_grad,) = torch.autograd.grad(blended.sum(), layer.u)
+    torch.testing.assert_close(ladj, blended, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(grad, blended_grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dim", [1, 2, 10])
 def test_planar_starts_near_the_identity(dim):
     """Issue 13: ``c = w.u_hat = softplus(w.u) - 1`` is centred at 0 at initialisation (with ``w.u`` near 0 it

@@ -40,3 +40,17 @@ def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
     if tensor is None:
         tensor = _SCALARS[key] = torch.tensor(value, dtype=dtype)
     return tensor
+
+
+def dense_rows(block: torch.Tensor) -> torch.Tensor:
+    """``block`` (a strided view, e.g. one parameter block of a param-major ``(..., k, D)`` output) made
+    contiguous on a CPU when its rows are shorter than 128 bytes, else returned as it is.
+
+    CPU elementwise kernels vectorise a strided operand row by row, and only rows of at least two vectors; shorter
+    rows (D < 32 in float32 with AVX-512) run a scalar loop, 3-5x slower for a transcendental such as the soft
+    clamp's sigmoid. One copy into contiguous memory costs less than that for every D below the threshold and more
+    above it (measured per affine transformer call, batch 1024: D = 8 48.7 -> 35.9 us, D = 16 81.7 -> 47.4 us,
+    D = 64 51.9 -> 59.1 us)."""
+    if block.device.type == "cpu" and block.shape[-1] * block.element_size() < 128 and not block.is_contiguous():
+        return block.contiguous()
+    return block

@@ -25,7 +25,7 @@ import numbers
 import torch
 from torch import nn
 
-from ..nn import soft_clamp
+from ..nn.functional import dense_rows, soft_clamp
 
 
 class ScalarTransformer(nn.Module):
@@ -108,7 +108,7 @@ class Affine(ScalarTransformer):
     # select's backward fills a zero tensor of the whole parameter shape
     def forward(self, x, params):
         shift, raw = params.unbind(-2)
-        log_scale = self._log_scale(raw)
+        log_scale = self._log_scale(dense_rows(raw))
         # not addcmul: its backward is slower than mul's and add's here
         if self.shift == "data":
             return x * log_scale.exp() + shift, log_scale
@@ -116,7 +116,7 @@ class Affine(ScalarTransformer):
 
     def inverse(self, y, params):
         shift, raw = params.unbind(-2)
-        log_scale = self._log_scale(raw)
+        log_scale = self._log_scale(dense_rows(raw))
         if self.shift == "data":
             return (y - shift) * torch.exp(-log_scale), log_scale
         return y * torch.exp(-log_scale) - shift, log_scale
