@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from pyro.distributions.torch_transform import TransformModule
+from torch._utils import _flatten_dense_tensors
 from torch.distributions import constraints
 
 # --------------------------------------------------------------------------- records
@@ -70,11 +71,12 @@ def module_state(module: torch.nn.Module) -> tuple[list, tuple]:
 
 @torch.no_grad()
 def _snapshot(tensors) -> dict:
-    """Flat copies of ``tensors``, one concatenation per (dtype, device)."""
+    """Flat copies of ``tensors``, one concatenation per (dtype, device) (flattened and concatenated in C++:
+    about half the time of a Python loop of views and ``torch.cat``, which is most of a record's cost)."""
     groups: dict = {}
     for t in tensors:
-        groups.setdefault((t.dtype, t.device), []).append(t.view(-1) if t.is_contiguous() else t.reshape(-1))
-    return {key: torch.cat(flat) for key, flat in groups.items()}
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return {key: _flatten_dense_tensors(group) for key, group in groups.items()}
 
 
 def _same_contents(tensors, snapshot: dict) -> bool:
