@@ -284,14 +284,16 @@ Profiled with `torch.profiler` (aten call counts and self times, one thread), `c
 the suspected part off; `python benchmarks/micro.py` reproduces the microbenchmarks quoted here.
 
 - **What is above 1.00, from the two runs of this report** (cells marked `~` are inside the run-to-run noise):
-  `sample` of IAF (1.07-1.17 against Pyro, zuko, normflows at D = 2 and 8) and of planar (1.00-1.06 against
-  normflows): the record's guard copy (next bullet; at D = 64 it is paid off); realnvp `sample` against normflows
-  at D = 8 and 64 (1.04, 1.05, both `~`; 1.01-1.02 in `python benchmarks/clamp_ab.py realnvp 64 sample normflows`,
-  21 interleaved rounds): the stabilised log-scale, which normflows does not have (its `exp(s)` is unbounded),
-  costs 6-9% of a RealNVP `sample` (0.90-0.95 with it switched off, 0.92 with Pyro's hard clamp in its place);
-  planar reverse-KL steps against normflows (1.03) and the nsf_coupling D = 64 `log_prob` against zuko (1.01):
-  per-call overheads of a few percent, not located further. Peak memory of MADE-based steps against normflows
-  (1.13-1.33): its MADE has one ReLU fewer, so one activation fewer to keep for the backward.
+  `sample` of IAF at D = 2 and 8 (1.06-1.12 against Pyro, zuko and normflows): the record of its sample and
+  the copy of the parameters that guards it (next bullets; `benchmarks/record_overhead.py`), which Pyro's cache
+  does not make and zuko and normflows do not keep; at D = 64 it is paid off. IAF's `log_prob` at D = 2 against
+  normflows (1.06): two sequential MADE passes, each with one ReLU more than normflows' MADE (note under the
+  architecture table). RealNVP `sample` at D = 64 against normflows (1.05; 1.01-1.02 in `python
+  benchmarks/clamp_ab.py realnvp 64 sample normflows`, 21 interleaved rounds): the stabilised log-scale, which
+  normflows does not have (its `exp(s)` is unbounded), costs 6-9% of a RealNVP `sample` (0.90-0.95 with it
+  switched off, 0.92 with Pyro's hard clamp in its place). Peak memory of MADE-based steps against normflows
+  (1.03-1.23): its MADE has one ReLU fewer, so one activation fewer to keep for the backward; cells of 4-10 MiB
+  move by about 1 MiB between processes.
 - **The stabilised log-scale**, `s = b tanh(r / b)` (seed 002), is kept as the default: in training steps it costs
   no more than Pyro's hard clamp (`python benchmarks/clamp_ab.py iaf 64 train pyro`: soft, hard, none against Pyro
   0.997 / 1.018 / 0.924), and it keeps one step from blowing a scale up with a gradient that never dies; a hard
@@ -410,8 +412,9 @@ nsf_coupling, 1.35x for maf, short of 1.5x. What bounds maf: `python benchmarks/
 compilation leaves to the same BLAS), 1.4 ms in inductor's two fused elementwise graphs, 0.36 ms in 20 copies of
 a broadcast bias into the output of `addmm` (ATen's CPU `addmm` with `out=`; inductor fuses a separate bias
 add back into `addmm` on CPUs, so moving the bias into the following ReLU, tried, changed nothing), 0.34 ms in
-fused Adam and about 0.3 ms in dynamo and autograd dispatch. The fastest eager peer's step is 10.0 ms with the
-same 4.0 ms of products: 1.5x would need the non-GEMM part under 2.6 ms, against 3.0 ms now.
+fused Adam and about 0.3 ms in dynamo and autograd dispatch. The fastest eager peer's step (Pyro's) takes 10.2 ms:
+1.5x would need the compiled step under 6.8 ms, the part outside the matrix products under 2.8 ms against about
+3.0-3.4 ms now.
 
 ### The peers, as met while matching architectures
 
