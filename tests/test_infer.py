@@ -44,6 +44,27 @@ def test_fit_density_rejects_bad_data():
 
 
 # --------------------------------------------------------------------------- fit_target
+def test_fit_density_of_a_flow_checks_its_data_once_not_every_batch(monkeypatch):
+    """A flow (not a distribution) passed to fit_density or nll is wrapped without per-batch validation: the data
+    are checked once up front, and no step reads a batch back to the host for it (a GPU synchronisation); a bad
+    row is still refused, by the check up front."""
+    calls = []
+    for cls in (nf.FlowDistribution, nf.StandardNormal):
+        original = cls._validate_sample
+        monkeypatch.setattr(cls, "_validate_sample", lambda self, v, _o=original: calls.append(1) or _o(self, v))
+    flow = nf.build("realnvp", 2, num_layers=2, hidden_dims=(8,))
+    data = datasets.two_moons(512, seed=0)
+    infer.fit_density(flow, data, steps=5, batch_size=64, progress=False)
+    infer.nll(flow, data)
+    assert calls == []
+    wrapped = infer.common._as_distribution(flow)  # the base's finiteness read is off too
+    assert wrapped._validate_args is False and wrapped.base_dist._validate_args is False
+    bad = data.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="fit_density"):
+        infer.fit_density(flow, bad, steps=1, progress=False)
+
+
 def test_fit_target_lowers_the_loss_and_cleans_the_param_store():
     import pyro
 

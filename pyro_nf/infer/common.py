@@ -71,7 +71,9 @@ def _as_distribution(model) -> TransformedDistribution:
     if isinstance(model, (TransformedDistribution, ConditionalFlowDistribution)):
         return model
     if isinstance(model, ConditionalFlow) or (isinstance(model, torch.nn.Module) and hasattr(model, "inverse_shape")):
-        return transformed(model)
+        # the routines check their data once (check_data) and score their own samples: validating every batch
+        # again would read it back to the host at every step (a synchronisation on a GPU)
+        return transformed(model, validate_args=False)
     raise TypeError(f"expected a TransformedDistribution or a flow, got {type(model).__name__}")
 
 
