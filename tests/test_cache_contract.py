@@ -213,6 +213,27 @@ def test_a_sample_without_gradients_is_recorded_exactly_where_that_pays(case_id)
     torch.testing.assert_close(computed, recorded.detach(), rtol=1e-6, atol=1e-6)
 
 
+def test_constant_buffers_name_real_buffers_and_only_those_go_unwatched():
+    """``constant_buffers`` (structure fixed at construction, not copied by the records' guard) names buffers that
+    exist on every module of every registered architecture that declares it; every other parameter and buffer is
+    watched, so editing a parameter's contents in place still retires the record."""
+    from pyro_nf.base import module_state
+
+    seen = set()
+    for name in nf.names():
+        flow = nf.build(name, 4)
+        watched = {id(t) for t in module_state(flow)[0]}
+        for module in flow.modules():
+            constant = getattr(type(module), "constant_buffers", ())
+            for buffer in constant:
+                assert buffer in module._buffers, (name, type(module).__name__, buffer)
+                assert id(module._buffers[buffer]) not in watched
+                seen.add((type(module).__name__, buffer))
+            for tensor in (*module._parameters.values(), *(b for n, b in module._buffers.items() if n not in constant)):
+                assert tensor is None or id(tensor) in watched
+    assert {("MaskedLinear", "mask"), ("MADE", "order"), ("AffineCoupling", "merge_index")} <= seen
+
+
 @pytest.mark.parametrize("case_id", [i for i in sorted(CASES) if CASES[i].kind != "bijection"])
 def test_own_sample_of_a_random_layer_scores_the_path_that_made_it(case_id):
     flow = make(case_id, max(3, CASES[case_id].min_dim)).eval()
