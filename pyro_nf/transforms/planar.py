@@ -258,8 +258,9 @@ class Planar(FlowTransform):
         h = torch.tanh(s)
         x = z + h.unsqueeze(-1) * u_hat
         # the sign of c picks the slope's form: read on a CPU, where it costs no synchronisation and saves the
-        # other form and the blend; kept a tensor on other devices and while tracing
-        positive = bool(c >= 0) if c.device.type == "cpu" and not torch.compiler.is_compiling() else None
+        # other form and the blend; kept a tensor on other devices and while tracing (compile or jit)
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        positive = bool(c >= 0) if c.device.type == "cpu" and not tracing else None
         return x, torch.log(self._slope(s, h, c, one_plus_c, positive))
 
     def _solve(self, target, c, one_plus_c, positive: bool | None):
